@@ -1,0 +1,23 @@
+"""Test configuration: float64 everywhere, strict rank promotion, paths to data.
+
+The library itself never flips ``jax_enable_x64``; the tests do, before anything is traced.
+"""
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JAXED_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(relpath: str) -> Path:
+    """Path of a file under ../shared/data; skips the calling test cleanly when it is absent."""
+    path = SHARED_DATA / relpath
+    if not path.exists():
+        pytest.skip(f"shared data file {relpath} not available (set JAXED_SHARED_DATA or clone beside ../shared)")
+    return path
