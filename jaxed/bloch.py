@@ -1,0 +1,284 @@
+"""Bloch-wave propagation for one orientation, with exact derivatives at degenerate eigenvalues.
+
+The eigenproblem (docs/PHYSICS.md §4.3–4.4), for beams g, h of one frame:
+
+    A_gg = 2K s_g + U₀,   A_gh = U_{g−h}                                  [Å⁻²]   (row minus column)
+    A C = 2K_n γ D C,      D = diag(1 + g_n/K_n),   M = D^(−1/2),   B = M A M (Hermitian without absorption)
+    ψ(t) = M exp(2πi t B/(2K_n)) M⁻¹ e₀ = M exp(iτB) e₀,   τ = π t / K_n,   I_g = |ψ_g|²
+
+with K = 1/λ, n the entrance-surface normal (along the propagation direction), K_n = k₀·n, g_n = g·n and t the
+thickness along n. One eigendecomposition B = C diag(λ) Cᴴ serves every thickness.
+
+**Derivatives.** Differentiating through ``eigh``'s eigenvectors has 1/(λ_j − λ_k) factors that blow up at
+degenerate eigenvalues (zone axes, symmetric orientations, padding). Instead :func:`propagate_eigh` carries a custom
+JVP built on the Daleckii–Krein formula (PHYSICS.md §4.7): for f(B) = exp(iτB),
+
+    df = C [(Cᴴ dB C) ∘ Φ] Cᴴ,   Φ_jk = (e^{iτλ_j} − e^{iτλ_k})/(λ_j − λ_k) = iτ e^{iτ(λ_j+λ_k)/2} sinc(τ(λ_j−λ_k)/2),
+
+which is exact, finite and continuous through degeneracies (Φ_jj = iτ e^{iτλ_j}). The reverse mode is JAX's
+transpose of this linear rule, so ``grad`` costs a few matrix products on top of the forward eigendecomposition.
+
+**Absorption** (PHYSICS.md §3.3, §4.5): proportional model U'_g = κU_g (g = 0 included). 'perturbative' keeps
+``eigh`` of the elastic matrix and damps each Bloch wave by exp(−τ q_j), q_j = c_jᴴ B_a c_j (first order);
+'exact' exponentiates the non-Hermitian matrix with ``jax.scipy.linalg.expm`` and validates it.
+
+Padded beams get distinct, far-away diagonal values and zero couplings: they never mix with real beams, their
+amplitude stays 0, and (with the divided-difference derivative) they do not change gradients.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxed.constants import relativistic_gamma, wavelength
+from jaxed.crystal import AtomParams, Crystal
+from jaxed.geometry import BeamSet, excitation_errors
+from jaxed.potential import potential_coefficients
+
+__all__ = [
+    "BlochSettings",
+    "structure_matrix",
+    "propagate_eigh",
+    "propagate_expm",
+    "propagate_absorbing",
+    "frame_wavefunction",
+    "simulate",
+    "potential_table",
+]
+
+PROPAGATORS = ("eigh", "expm")
+ABSORPTION_METHODS = ("perturbative", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlochSettings:
+    """Static physics settings of the Bloch-wave calculation (hashable; shapes do not depend on them).
+
+    Attributes:
+        energy_kev: accelerating voltage [kV].
+        absorption: κ of the proportional absorption model U'_g = κ U_g [–]; 0 = no absorption.
+        absorption_method: 'perturbative' (first order, eigh; for refinement) or 'exact' (matrix exponential).
+        propagator: 'eigh' (default) or 'expm' (the matrix-exponential route of diffBloch; for validation and the
+            benchmark). With absorption and 'expm' the exact path is used.
+        metric: apply the D = 1 + g_n/K_n metric (PHYSICS.md §4.3); False gives the plain Hermitian problem
+            A/(2K) with Σ|ψ_g|² = 1 exactly.
+        mean_potential: put U₀ on the diagonal (vacuum K). It only shifts eigenvalues when D = I.
+        pad_diagonal: diagonal value of padded beams [Å⁻²] (beam j gets pad_diagonal·(1 + j/n)).
+    """
+
+    energy_kev: float = 200.0
+    absorption: float = 0.0
+    absorption_method: str = "perturbative"
+    propagator: str = "eigh"
+    metric: bool = True
+    mean_potential: bool = True
+    pad_diagonal: float = 1.0e3
+
+    def __post_init__(self):
+        if self.propagator not in PROPAGATORS:
+            raise ValueError(f"propagator {self.propagator!r}: expected one of {PROPAGATORS}")
+        if self.absorption_method not in ABSORPTION_METHODS:
+            raise ValueError(f"absorption_method {self.absorption_method!r}: expected one of {ABSORPTION_METHODS}")
+        if not self.energy_kev > 0:
+            raise ValueError(f"energy {self.energy_kev} kV: expected > 0")
+
+    @property
+    def k(self) -> float:
+        """K = 1/λ [Å⁻¹]."""
+        return 1.0 / wavelength(self.energy_kev)
+
+    @property
+    def gamma(self) -> float:
+        """Relativistic factor γ [–]."""
+        return relativistic_gamma(self.energy_kev)
+
+
+def _divided_exp(lam: jax.Array, tau: jax.Array) -> jax.Array:
+    """Φ_jk = (e^{iτλ_j} − e^{iτλ_k})/(λ_j − λ_k), stable at λ_j = λ_k. ``lam`` (n,), ``tau`` (n_t,) → (n_t, n, n)."""
+    t = tau[:, None, None]
+    half_diff = 0.5 * (lam[:, None] - lam[None, :])
+    mean = 0.5 * (lam[:, None] + lam[None, :])
+    return 1j * t * jnp.exp(1j * t * mean[None]) * jnp.sinc(t * half_diff[None] / jnp.pi)
+
+
+@jax.custom_jvp
+def propagate_eigh(b: jax.Array, tau: jax.Array) -> jax.Array:
+    """ψ = exp(iτB) e₀ for Hermitian B, every τ from one ``eigh``.
+
+    Args:
+        b: Hermitian matrix, (n, n) complex [Å⁻²].
+        tau: τ = π t / K_n per thickness, (n_t,) [Å²].
+
+    Returns:
+        (n_t, n) complex: column 0 of exp(iτB) (the incident beam is beam 0).
+    """
+    lam, c = jnp.linalg.eigh(b)
+    alpha = jnp.conj(c[0, :])  # Cᴴ e₀
+    return (jnp.exp(1j * tau[:, None] * lam[None, :]) * alpha[None, :]) @ c.T
+
+
+@propagate_eigh.defjvp
+def _propagate_eigh_jvp(primals, tangents):
+    b, tau = primals
+    db, dtau = tangents
+    lam, c = jnp.linalg.eigh(b)
+    alpha = jnp.conj(c[0, :])
+    phase = jnp.exp(1j * tau[:, None] * lam[None, :])
+    psi = (phase * alpha[None, :]) @ c.T
+    # eigh reads only the Hermitian part of its input; differentiate the same function.
+    db = 0.5 * (db + jnp.conj(db.T))
+    w = jnp.conj(c.T) @ db @ c  # Cᴴ dB C
+    dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)  # Daleckii–Krein (PHYSICS.md §4.7)
+    dpsi = dpsi + 1j * dtau[:, None] * ((phase * (lam * alpha)[None, :]) @ c.T)
+    return psi, dpsi
+
+
+def propagate_expm(b: jax.Array, tau: jax.Array) -> jax.Array:
+    """ψ = exp(iτB) e₀ by the matrix exponential (any B, Hermitian or not), (n_t, n); the diffBloch route."""
+    return jax.vmap(lambda t: jax.scipy.linalg.expm(1j * t * b)[:, 0])(tau)
+
+
+@jax.custom_jvp
+def _eigh_broadened(b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.linalg.eigh(b)
+
+
+@_eigh_broadened.defjvp
+def _eigh_broadened_jvp(primals, tangents):
+    (b,), (db,) = primals, tangents
+    lam, c = jnp.linalg.eigh(b)
+    db = 0.5 * (db + jnp.conj(db.T))
+    w = jnp.conj(c.T) @ db @ c
+    gap = lam[None, :] - lam[:, None]  # λ_k − λ_j
+    eps = 1e-8 * (1.0 + jnp.max(jnp.abs(lam)))
+    inv_gap = gap / (gap * gap + eps * eps)  # 1/gap, broadened so that exact degeneracies give 0, not inf
+    dlam = jnp.real(jnp.diagonal(w))
+    dc = c @ (w * inv_gap)
+    return (lam, c), (dlam, dc)
+
+
+def propagate_absorbing(b_r: jax.Array, b_a: jax.Array, tau: jax.Array) -> jax.Array:
+    """First-order absorption (PHYSICS.md §4.5): ψ = C diag(e^{iτλ_j − τ q_j}) Cᴴ e₀, q_j = c_jᴴ B_a c_j.
+
+    Args:
+        b_r: elastic Hermitian matrix, (n, n).  b_a: absorptive Hermitian matrix (U' part), (n, n).
+        tau: (n_t,) [Å²].
+    Gradients flow through the eigenvectors with a broadened 1/(λ_j − λ_k) (finite at exact degeneracies, where
+    first-order perturbation theory itself is basis dependent); use 'exact' to validate such orientations.
+    """
+    lam, c = _eigh_broadened(b_r)
+    q = jnp.real(jnp.einsum("gj,gh,hj->j", jnp.conj(c), b_a, c))
+    alpha = jnp.conj(c[0, :])
+    phase = jnp.exp((1j * lam[None, :] - q[None, :]) * tau[:, None])
+    return (phase * alpha[None, :]) @ c.T
+
+
+def structure_matrix(u_ext: jax.Array, coupling: jax.Array, mask: jax.Array, sg: jax.Array, gn: jax.Array,
+                     k: float, kn: jax.Array, settings: BlochSettings) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Symmetrised structure matrix of one frame (PHYSICS.md §4.3).
+
+    Args:
+        u_ext: U_h for ``hkl_unique`` with one 0 appended, (n_unique + 1,) complex [Å⁻²].
+        coupling: (n, n) int index of g − h into ``u_ext``.  mask: (n,) bool.
+        sg: excitation errors (n,) [Å⁻¹].  gn: g·n (n,) [Å⁻¹].  k: K [Å⁻¹].  kn: K_n = k₀·n [Å⁻¹].
+
+    Returns:
+        (B, B_a, m): B = M A M (n, n) complex [Å⁻²]; B_a = M A' M, the absorptive part (κ·U including U₀);
+        m = diag(M) (n,).
+    """
+    n = sg.shape[0]
+    dtype = sg.dtype
+    u_mat = u_ext[coupling]  # U_{g−h}; diagonal holds U₀
+    eye = jnp.eye(n, dtype=bool)
+    u_elastic = u_mat if settings.mean_potential else jnp.where(eye, 0.0, u_mat)
+    pad = settings.pad_diagonal * (1.0 + jnp.arange(n, dtype=dtype) / n)
+    diag = jnp.where(mask, 2.0 * k * sg, pad)
+    a = u_elastic + jnp.diag(diag).astype(u_mat.dtype)
+    if settings.metric:
+        m = jnp.where(mask, 1.0 / jnp.sqrt(1.0 + gn / kn), 1.0)
+    else:
+        m = jnp.ones_like(sg)
+    b = m[:, None] * a * m[None, :]
+    b_a = settings.absorption * (m[:, None] * u_mat * m[None, :])
+    return b, b_a, m
+
+
+def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupling: jax.Array, rotation: jax.Array,
+                       thickness: jax.Array, reciprocal: jax.Array, settings: BlochSettings,
+                       normal: jax.Array | None = None) -> jax.Array:
+    """Beam amplitudes ψ_g(t) of one orientation.
+
+    Args:
+        u_ext: (n_unique + 1,) complex [Å⁻²] (see :func:`potential_table`).
+        hkl: (n, 3) int.  mask: (n,) bool.  coupling: (n, n) int.
+        rotation: crystal → lab orientation, (3, 3).
+        thickness: (n_t,) [Å] along the surface normal.
+        reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].
+        settings: static physics settings.
+        normal: entrance-surface normal in crystal-Cartesian coordinates (3,), rotating with the crystal; None puts it
+            along the beam. Its sign is chosen so that it points along the propagation direction.
+
+    Returns:
+        ψ, (n_t, n) complex; zero on padded beams.
+    """
+    k = settings.k
+    dtype = jnp.real(u_ext).dtype
+    g_lab = hkl.astype(dtype) @ (rotation @ reciprocal).T
+    sg = excitation_errors(g_lab, k)
+    if normal is None:
+        n_lab = jnp.array([0.0, 0.0, -1.0], dtype=dtype)
+    else:
+        n_lab = rotation @ (normal / jnp.linalg.norm(normal))
+        n_lab = n_lab * jnp.where(n_lab[2] > 0, -1.0, 1.0)  # along the propagation direction (−z)
+    kn = -k * n_lab[2]
+    gn = jnp.where(mask, g_lab @ n_lab, 0.0)
+    b, b_a, m = structure_matrix(u_ext, coupling, mask, sg, gn, k, kn, settings)
+    tau = jnp.pi * thickness / kn
+    if settings.absorption == 0.0:
+        psi = propagate_eigh(b, tau) if settings.propagator == "eigh" else propagate_expm(b, tau)
+    elif settings.absorption_method == "exact" or settings.propagator == "expm":
+        psi = propagate_expm(b + 1j * b_a, tau)
+    else:
+        psi = propagate_absorbing(b, b_a, tau)
+    return jnp.where(mask[None, :], psi * m[None, :], 0.0)
+
+
+def potential_table(atoms: AtomParams, crystal: Crystal, beams: BeamSet, settings: BlochSettings) -> jax.Array:
+    """U_h [Å⁻²] for every coupling of ``beams``, with one 0 appended for padded pairs, (n_unique + 1,) complex."""
+    u = potential_coefficients(atoms, crystal, beams.hkl_unique, settings.gamma)
+    return jnp.concatenate([u, jnp.zeros((1,), dtype=u.dtype)])
+
+
+def simulate(atoms: AtomParams, crystal: Crystal, beams: BeamSet, rotations: jax.Array, thickness: jax.Array,
+             settings: BlochSettings, normal: jax.Array | None = None) -> jax.Array:
+    """Dynamical intensities I_g = |ψ_g|² of many orientations (the one visible ``vmap`` over frames).
+
+    Args:
+        atoms: ASU parameters (differentiable).
+        crystal: fixed crystal description.
+        beams: padded beam sets, n_frames frames.
+        rotations: (n_frames, 3, 3) crystal → lab.
+        thickness: thicknesses [Å]: scalar, (n_t,) shared by all frames, or (n_frames, n_t).
+        settings: static physics settings.
+        normal: optional crystal-frame surface normal (3,); default along the beam of each frame.
+
+    Returns:
+        (n_frames, n_t, n_beams) intensities relative to a unit incident beam, 0 on padding.
+    """
+    dtype = atoms.frac.dtype
+    u_ext = potential_table(atoms, crystal, beams, settings)
+    thickness = jnp.asarray(thickness, dtype=dtype)
+    if thickness.ndim < 2:
+        thickness = jnp.broadcast_to(jnp.atleast_1d(thickness), (beams.n_frames, max(thickness.size, 1)))
+    reciprocal = jnp.asarray(crystal.reciprocal, dtype=dtype)
+    rotations = jnp.asarray(rotations, dtype=dtype)
+
+    def one(hkl, mask, coupling, rot, t):
+        psi = frame_wavefunction(u_ext, hkl, mask, coupling, rot, t, reciprocal, settings, normal)
+        return jnp.real(psi * jnp.conj(psi))
+
+    return jax.vmap(one)(beams.hkl, beams.mask, beams.coupling, rotations, thickness)
