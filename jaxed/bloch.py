@@ -19,7 +19,8 @@ which is exact, finite and continuous through degeneracies (Φ_jj = iτ e^{iτλ
 transpose of this linear rule, so ``grad`` costs a few matrix products on top of the forward eigendecomposition.
 
 **Absorption** (PHYSICS.md §3.3, §4.5): proportional model U'_g = κU_g (g = 0 included). 'perturbative' keeps
-``eigh`` of the elastic matrix and damps each Bloch wave by exp(−τ q_j), q_j = c_jᴴ B_a c_j (first order);
+``eigh`` of the elastic matrix, damps each Bloch wave by exp(−τ q_j), q_j = c_jᴴ B_a c_j, and adds the absorptive
+coupling between Bloch waves to first order (:func:`propagate_absorbing`);
 'exact' exponentiates the non-Hermitian matrix with ``jax.scipy.linalg.expm`` and validates it.
 
 Padded beams get distinct, far-away diagonal values and zero couplings: they never mix with real beams, their
@@ -98,7 +99,8 @@ class BlochSettings:
 
 
 def _divided_exp(lam: jax.Array, tau: jax.Array) -> jax.Array:
-    """Φ_jk = (e^{iτλ_j} − e^{iτλ_k})/(λ_j − λ_k), stable at λ_j = λ_k. ``lam`` (n,), ``tau`` (n_t,) → (n_t, n, n)."""
+    """Φ_jk = (e^{iτλ_j} − e^{iτλ_k})/(λ_j − λ_k), stable at λ_j = λ_k; ``lam`` (n,) real or complex,
+    ``tau`` (n_t,) → (n_t, n, n)."""
     t = tau[:, None, None]
     half_diff = 0.5 * (lam[:, None] - lam[None, :])
     mean = 0.5 * (lam[:, None] + lam[None, :])
@@ -162,19 +164,32 @@ def _eigh_broadened_jvp(primals, tangents):
 
 
 def propagate_absorbing(b_r: jax.Array, b_a: jax.Array, tau: jax.Array) -> jax.Array:
-    """First-order absorption (PHYSICS.md §4.5): ψ = C diag(e^{iτλ_j − τ q_j}) Cᴴ e₀, q_j = c_jᴴ B_a c_j.
+    """Absorption by perturbation theory on the elastic Bloch waves (PHYSICS.md §4.5).
+
+    With B_r = C diag(λ) Cᴴ (``eigh``) and W = Cᴴ B_a C, each Bloch wave is damped by its own absorption,
+    λ̃_j = λ_j + i W_jj (Humphreys & Hirsch 1968), and the absorptive coupling between Bloch waves enters to first
+    order through the divided differences of e^{iτx} at the damped eigenvalues:
+
+        ψ = C [e^{iτλ̃} ∘ α + (iW_off ∘ Φ(λ̃)) α],   α = Cᴴ e₀.
+
+    The second term is the Daleckii–Krein first-order response to the off-diagonal part; without it (the textbook
+    diagonal-only form) the total intensity is ~2 % off at κ = 0.1, t = 100–400 Å; with it, 0.2 % (tests).
 
     Args:
         b_r: elastic Hermitian matrix, (n, n).  b_a: absorptive Hermitian matrix (U' part), (n, n).
         tau: (n_t,) [Å²].
-    Gradients flow through the eigenvectors with a broadened 1/(λ_j − λ_k) (finite at exact degeneracies, where
-    first-order perturbation theory itself is basis dependent); use 'exact' to validate such orientations.
+    Gradients flow through the eigenvectors with a broadened 1/(λ_j − λ_k) (finite at exact degeneracies);
+    use the 'exact' method to validate such orientations.
     """
     lam, c = _eigh_broadened(b_r)
-    q = jnp.real(jnp.einsum("gj,gh,hj->j", jnp.conj(c), b_a, c))
+    w = jnp.conj(c.T) @ b_a @ c
+    w_diag = jnp.diagonal(w)
+    lam_damped = lam + 1j * jnp.real(w_diag)
     alpha = jnp.conj(c[0, :])
-    phase = jnp.exp((1j * lam[None, :] - q[None, :]) * tau[:, None])
-    return (phase * alpha[None, :]) @ c.T
+    w_off = 1j * (w - jnp.diag(w_diag))
+    coef = jnp.exp(1j * tau[:, None] * lam_damped[None, :]) * alpha[None, :]
+    coef = coef + jnp.einsum("tjk,k->tj", w_off[None] * _divided_exp(lam_damped, tau), alpha)
+    return coef @ c.T
 
 
 def structure_matrix(u_ext: jax.Array, coupling: jax.Array, mask: jax.Array, sg: jax.Array, gn: jax.Array,

@@ -132,7 +132,7 @@ def u_cif_to_u_star(u_cif: np.ndarray, reciprocal: np.ndarray) -> np.ndarray:
 def u_star_to_u_cif(u_star, reciprocal):
     """Inverse of :func:`u_cif_to_u_star`; works on numpy or JAX arrays, (..., 3, 3) → [Å²]."""
     n = jnp.linalg.norm(jnp.asarray(reciprocal), axis=0)
-    return u_star / (n[:, None] * n[None, :])
+    return u_star / jnp.broadcast_to(n[:, None] * n[None, :], jnp.shape(u_star))
 
 
 def _group_operations(small: gemmi.SmallStructure, where: str) -> tuple[list[gemmi.Op], str]:
@@ -393,7 +393,8 @@ def reciprocal_metric(crystal: Crystal) -> np.ndarray:
 
 def iso_u_star(u_iso, crystal: Crystal):
     """U* of an isotropic displacement U_iso [Å²]: U_iso · G*, shape (..., 3, 3)."""
-    return jnp.asarray(u_iso)[..., None, None] * jnp.asarray(reciprocal_metric(crystal))
+    u_iso = jnp.asarray(u_iso)[..., None, None]
+    return u_iso * jnp.broadcast_to(jnp.asarray(reciprocal_metric(crystal)), u_iso.shape[:-2] + (3, 3))
 
 
 def select_sites(crystal: Crystal, atoms: AtomParams, keep: Sequence[int]) -> tuple[Crystal, AtomParams]:
