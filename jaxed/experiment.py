@@ -1,0 +1,233 @@
+"""A 3D-ED experiment prepared for the forward model: frames, rocking-curve samples, beams, observations.
+
+Host side (numpy, before tracing) everything that decides a shape is fixed here: for each virtual frame the beams of
+its Bloch matrix (every beam with |s_g| ≤ sg_max at any rocking sample, plus every reflection observed in that frame),
+the padding, the couplings, and the observed reflections to refine against (g_max_refine, R_Sg, docs/PHYSICS.md §5.2).
+
+Traced side: :func:`integrated_intensities` — orientations of all frames × rocking samples go through one vmapped
+Bloch-wave call, and each frame's calculated intensity is the average over its samples (PHYSICS.md §5.3).
+
+Geometry (docs/PETS.md): the data's UB describes the measured lattice; frame i has R_i = R_x(α_i) R_y(β_i) and
+g_lab = R_i · UB · h. The model works with crystal-Cartesian reciprocal vectors B_s h of the structure's cell, so the
+orientation matrix handed to the Bloch model is O_i = R_i · UB · B_s⁻¹ (a rotation up to the small cell difference).
+Continuous rotation: samples R_x(δ_ℓ) O_i, δ_ℓ the midpoints of N equal sub-intervals of [−φ, φ] about the tilt axis
+(lab x), φ the integration semi-angle. Precession: samples R_z(θ_ℓ) R_x(φ_p) R_z(−θ_ℓ) O_i on the cone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxed.bloch import BlochSettings, frame_wavefunction, potential_table
+from jaxed.constants import energy_from_wavelength
+from jaxed.crystal import AtomParams, Crystal
+from jaxed.errors import JaxedInputError
+from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
+
+__all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "frame_orientations"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentSettings:
+    """How the data are modelled (all static).
+
+    Attributes:
+        g_max: beams in the Bloch matrix, |g| ≤ g_max [Å⁻¹].
+        sg_max: beams in the matrix, |s_g| ≤ sg_max at some rocking sample [Å⁻¹].
+        g_max_refine: observed reflections used, |g| ≤ g_max_refine [Å⁻¹].
+        sg_max_refine: observed reflections used, |s_g| ≤ this at the frame centre [Å⁻¹] (None: no cap).
+        r_sg_max: observed reflections used, R_Sg ≤ this (None: no cap) (PHYSICS.md §5.2).
+        n_samples: rocking-curve samples per frame.
+        semi_angle_deg: integration semi-angle [deg]; None: the file's per-frame value (precession_angle column).
+        max_beams: cap on the beams of a frame (smallest |s_g| kept; observed reflections always kept).
+        precession: None: from the file; True/False to force.
+        energy_kev: None: from the data's wavelength.
+    """
+
+    g_max: float = 1.6
+    sg_max: float = 0.01
+    g_max_refine: float = 1.4
+    sg_max_refine: float | None = None
+    r_sg_max: float | None = 0.9
+    n_samples: int = 21
+    semi_angle_deg: float | None = None
+    max_beams: int | None = None
+    precession: bool | None = None
+    energy_kev: float | None = None
+
+
+@partial(jax.tree_util.register_dataclass,
+         data_fields=["beams", "base_orientation", "sample_rotations", "theta", "refl_beam", "refl_hkl", "i_obs",
+                      "sigma", "refl_mask"],
+         meta_fields=["frame_ids", "energy_kev"])
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything the traced model needs about the data (arrays; the frame ids and energy are static).
+
+    Attributes:
+        beams: BeamSet of the n_frames frames.
+        base_orientation: (n_frames, 3, 3) O_i = R_i · UB · B_s⁻¹.
+        sample_rotations: (n_frames, n_samples, 3, 3) lab rotations of the rocking / precession samples.
+        theta: (n_frames,) goniometer tilt α_i [rad] (input of the thickness model).
+        refl_beam: (n_frames, n_refl) index of each observed reflection in its frame's beam list.
+        refl_hkl: (n_frames, n_refl, 3) int.  i_obs, sigma: (n_frames, n_refl) [counts].
+        refl_mask: (n_frames, n_refl) bool, False on padding.
+    """
+
+    beams: BeamSet
+    base_orientation: jax.Array
+    sample_rotations: jax.Array
+    theta: jax.Array
+    refl_beam: jax.Array
+    refl_hkl: jax.Array
+    i_obs: jax.Array
+    sigma: jax.Array
+    refl_mask: jax.Array
+    frame_ids: tuple
+    energy_kev: float
+
+    @property
+    def n_frames(self) -> int:
+        return int(np.shape(self.theta)[0])
+
+
+def _sample_rotations(n_frames: int, semi_angles: np.ndarray, n_samples: int, precession: bool) -> np.ndarray:
+    out = np.zeros((n_frames, n_samples, 3, 3))
+    for i in range(n_frames):
+        phi = np.deg2rad(semi_angles[i])
+        if precession:
+            thetas = 2 * np.pi * (np.arange(n_samples) + 0.5) / n_samples
+            out[i] = [np.asarray(rotation_z(t) @ rotation_x(phi) @ rotation_z(-t)) for t in thetas]
+        else:
+            deltas = -phi + (2 * phi) * (np.arange(n_samples) + 0.5) / n_samples
+            out[i] = [np.asarray(rotation_x(d)) for d in deltas]
+    return out
+
+
+def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> Experiment:
+    """Build the :class:`Experiment` of PETS-like ``data`` (see :mod:`jaxed.pets`) for ``crystal`` (host, numpy)."""
+    if settings.n_samples < 1:
+        raise JaxedInputError(f"n_samples = {settings.n_samples}: expected ≥ 1")
+    ub = np.asarray(data.ub, dtype=np.float64)
+    recip_s = np.asarray(crystal.reciprocal)
+    lam = float(data.wavelength)
+    k = 1.0 / lam
+    energy = settings.energy_kev if settings.energy_kev is not None else energy_from_wavelength(lam)
+    n_frames = len(data.alpha)
+    base = np.stack([np.asarray(rotation_x(np.deg2rad(a)) @ rotation_y(np.deg2rad(b))) @ ub @ np.linalg.inv(recip_s)
+                     for a, b in zip(data.alpha, data.beta)])
+    semi = (np.full(n_frames, settings.semi_angle_deg) if settings.semi_angle_deg is not None
+            else np.asarray(data.precession_angle, dtype=np.float64))
+    precession = settings.precession
+    if precession is None:
+        precession = "precession" in str(getattr(data, "geometry", "")).lower()
+    samples = _sample_rotations(n_frames, semi, settings.n_samples, precession)
+
+    candidates = _hkl_within(ub, settings.g_max)  # |g| with the data's metric
+    frame_index = np.asarray(data.frame_index)
+    hkl_all = np.asarray(data.hkl, dtype=np.int64)
+    beams, refl_rows = [], []
+    for i in range(n_frames):
+        orients = np.einsum("sij,jk->sik", samples[i], base[i] @ recip_s)  # (n_s, 3, 3): h → g_lab
+        g_c = candidates @ orients.reshape(-1, 3).T  # (n_cand, n_s*3)
+        g_c = g_c.reshape(len(candidates), settings.n_samples, 3)
+        s_min = np.abs(np.asarray(excitation_errors(g_c, k))).min(axis=1)
+        # observed reflections of this frame kept for refinement
+        rows = np.nonzero(frame_index == i)[0]
+        h_obs = hkl_all[rows]
+        g_obs = h_obs @ (base[i] @ recip_s).T
+        keep = np.linalg.norm(h_obs @ ub.T, axis=1) <= settings.g_max_refine
+        s_centre = np.asarray(excitation_errors(g_obs, k))
+        if settings.sg_max_refine is not None:
+            keep &= np.abs(s_centre) <= settings.sg_max_refine
+        if settings.r_sg_max is not None:
+            if precession:
+                g_perp = np.linalg.norm(g_obs[:, :2], axis=1)
+                width = g_perp * np.sin(np.deg2rad(semi[i]))
+            else:
+                width = np.abs(g_obs[:, 1]) * np.deg2rad(semi[i])  # |ds/dφ| = |g_y| for rotation about lab x
+            keep &= np.abs(s_centre) <= settings.r_sg_max * np.maximum(width, 1e-12)
+        keep &= ~np.all(h_obs == 0, axis=1)
+        rows, h_obs = rows[keep], h_obs[keep]
+        _, first = np.unique(h_obs, axis=0, return_index=True)  # a reflection listed twice in a frame counts once
+        first = np.sort(first)
+        rows, h_obs = rows[first], h_obs[first]
+        chosen = candidates[(s_min <= settings.sg_max) & ~np.all(candidates == 0, axis=1)]
+        order = np.argsort(s_min[(s_min <= settings.sg_max) & ~np.all(candidates == 0, axis=1)], kind="stable")
+        chosen = chosen[order]
+        # observed reflections first (always in the matrix), then the others by increasing |s_g|
+        obs_set = {tuple(h) for h in h_obs}
+        others = [h for h in chosen if tuple(h) not in obs_set]
+        if settings.max_beams is not None:
+            others = others[: max(0, settings.max_beams - 1 - len(h_obs))]
+        frame_beams = np.concatenate([np.zeros((1, 3), np.int64), h_obs.reshape(-1, 3),
+                                      np.array(others, dtype=np.int64).reshape(-1, 3)])
+        beams.append(frame_beams)
+        refl_rows.append(rows)
+    beam_set = make_beam_set(beams)
+    n_refl = max(1, max(len(r) for r in refl_rows))
+    refl_beam = np.zeros((n_frames, n_refl), np.int32)
+    refl_hkl = np.zeros((n_frames, n_refl, 3), np.int32)
+    i_obs = np.zeros((n_frames, n_refl))
+    sigma = np.ones((n_frames, n_refl))
+    mask = np.zeros((n_frames, n_refl), bool)
+    intensity, sig = np.asarray(data.intensity, np.float64), np.asarray(data.sigma, np.float64)
+    for i, rows in enumerate(refl_rows):
+        m = len(rows)
+        refl_beam[i, :m] = 1 + np.arange(m)  # observed reflections sit right after the direct beam
+        refl_hkl[i, :m] = hkl_all[rows]
+        i_obs[i, :m] = intensity[rows]
+        sigma[i, :m] = sig[rows]
+        mask[i, :m] = True
+    return Experiment(beams=beam_set, base_orientation=base, sample_rotations=samples,
+                      theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
+                      refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
+                      frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy))
+
+
+def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | None = None) -> jax.Array:
+    """Orientation matrices of every frame and sample, (n_frames, n_samples, 3, 3).
+
+    ``tilt_corrections`` (n_frames, 2) [rad]: small lab rotations R_x(δ₁) R_y(δ₂) applied to each frame — the two
+    tilts perpendicular to the beam, the only ones that change excitation errors (PHYSICS.md §8.1).
+    """
+    base = jnp.asarray(experiment.base_orientation)
+    if tilt_corrections is not None:
+        corr = jax.vmap(lambda d: rotation_x(d[0]) @ rotation_y(d[1]))(tilt_corrections)
+        base = corr @ base
+    return jnp.einsum("fsij,fjk->fsik", jnp.asarray(experiment.sample_rotations, base.dtype), base)
+
+
+def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Experiment, thickness: jax.Array,
+                           settings: BlochSettings, tilt_corrections: jax.Array | None = None,
+                           normal: jax.Array | None = None) -> jax.Array:
+    """Calculated integrated intensities of the observed reflections, (n_frames, n_refl), unscaled.
+
+    Args:
+        thickness: per frame, (n_frames,) [Å] — or (n_frames, n_t) to average over several thickness samples
+            (e.g. ThicknessNN's reparameterised draws).
+        tilt_corrections: optional (n_frames, 2) [rad].
+    """
+    dtype = atoms.frac.dtype
+    u_ext = potential_table(atoms, crystal, experiment.beams, settings)
+    orient = frame_orientations(experiment, tilt_corrections).astype(dtype)
+    reciprocal = jnp.asarray(crystal.reciprocal, dtype)
+    thickness = jnp.asarray(thickness, dtype)
+    if thickness.ndim == 1:
+        thickness = thickness[:, None]
+    beams = experiment.beams
+
+    def per_sample(hkl, mask, coupling, rot, t):
+        psi = frame_wavefunction(u_ext, hkl, mask, coupling, rot, t, reciprocal, settings, normal)
+        return jnp.mean(jnp.real(psi * jnp.conj(psi)), axis=0)  # average over thickness draws
+
+    def per_frame(hkl, mask, coupling, rots, t, refl_beam):
+        i = jax.vmap(per_sample, in_axes=(None, None, None, 0, None))(hkl, mask, coupling, rots, t)
+        return jnp.mean(i, axis=0)[refl_beam]
+
+    return jax.vmap(per_frame)(beams.hkl, beams.mask, beams.coupling, orient, thickness,
+                               jnp.asarray(experiment.refl_beam))

@@ -1,0 +1,266 @@
+"""Joint refinement: one pytree of structure, thickness-model and orientation parameters, optax Adam or L-BFGS.
+
+The objective is wR_all with the per-frame scales eliminated in closed form at every evaluation (jaxed.objective).
+Each parameter group can be frozen or given its own learning rate (``optax.multi_transform`` over the top-level
+groups). Work is never lost: checkpoints (plain ``.npz`` + ``.json``, no pickle) every N steps and at the end,
+``resume=True`` continues a killed run, and a non-finite loss or gradient stops the run with a message while the
+last good checkpoint stays on disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxed import objective
+from jaxed.bloch import BlochSettings
+from jaxed.crystal import AtomParams, Crystal
+from jaxed.errors import JaxedInputError
+from jaxed.experiment import Experiment, integrated_intensities
+from jaxed.parameters import StructureModel, make_structure_model
+from jaxed.thickness import make_thickness_model
+
+__all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement"]
+
+
+class RefinementDiverged(RuntimeError):
+    """A non-finite loss or gradient: the run stopped; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+    """Settings of a refinement (static).
+
+    Attributes:
+        thickness_model: 'nn' | 'single' | 'kinematic' | 'plate' | 'tilt' | 'constant'.
+        thickness_init: starting thickness [Å]; thickness_range: (t_min, t_max) for ThicknessNN [Å].
+        nn_prior: ThicknessNN with the learnable quadratic prior.
+        optimizer: 'adam' or 'lbfgs'.  epochs: optimiser steps.  lr: Adam learning rate (all groups).
+        lr_groups: per-group learning rates, e.g. {"thickness": 0.01}; 0 freezes a group.
+        refine_orientation: per-frame tilt corrections (two angles ⟂ beam) refined by gradient.
+        aniso: 'as-given' | 'all' | 'none'.  refine_occupancy.
+        residual: 'paper' (the reference paper's wR_all) or 'jana' (|F|-based wR_all).
+        checkpoint_every: steps between checkpoints (0: only at the end).  seed: PRNG seed.
+    """
+
+    thickness_model: str = "nn"
+    thickness_init: float = 800.0
+    thickness_range: tuple = (50.0, 3000.0)
+    nn_prior: bool = False
+    optimizer: str = "adam"
+    epochs: int = 200
+    lr: float = 1e-3
+    lr_groups: tuple = ()
+    refine_orientation: bool = False
+    aniso: str = "as-given"
+    refine_occupancy: bool = False
+    residual: str = "paper"
+    checkpoint_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "lbfgs"):
+            raise JaxedInputError(f"optimizer '{self.optimizer}': expected adam or lbfgs")
+        if self.epochs < 0:
+            raise JaxedInputError(f"epochs = {self.epochs}: expected ≥ 0")
+        if not self.lr > 0:
+            raise JaxedInputError(f"lr = {self.lr}: expected > 0")
+
+
+def _thickness_options(config: RefineConfig) -> dict:
+    name = config.thickness_model
+    if name == "kinematic":
+        return {}
+    if name == "nn":
+        t_min, t_max = config.thickness_range
+        return {"t_init": config.thickness_init, "t_min": t_min, "t_max": t_max, "prior": config.nn_prior}
+    return {"t0": config.thickness_init}
+
+
+class Refinement:
+    """A refinement problem: the model, its parameters, the objective and the optimiser.
+
+    Args:
+        crystal, atoms: the starting structure.
+        experiment: prepared data (jaxed.experiment.prepare_experiment).
+        bloch: physics settings.
+        config: refinement settings.
+    """
+
+    def __init__(self, crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings,
+                 config: RefineConfig):
+        self.crystal, self.experiment, self.bloch, self.config = crystal, experiment, bloch, config
+        self.structure: StructureModel
+        self.structure, p_struct = make_structure_model(crystal, atoms, aniso=config.aniso,
+                                                        refine_occupancy=config.refine_occupancy)
+        self.thickness = make_thickness_model(config.thickness_model, **_thickness_options(config))
+        key = jax.random.PRNGKey(config.seed)
+        self.params0 = {"structure": p_struct, "thickness": self.thickness.init(key)}
+        if config.refine_orientation:
+            self.params0["orientation"] = jnp.zeros((experiment.n_frames, 2))
+        self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
+                                                  jnp.asarray(experiment.refl_mask))
+        self.optimizer = self._make_optimizer()
+        self._loss_and_grad = jax.jit(jax.value_and_grad(self.loss))
+
+    # ----------------------------------------------------------------------------------------------- model
+    def atoms(self, params) -> AtomParams:
+        return self.structure.atoms(params["structure"])
+
+    def frame_thickness(self, params) -> jax.Array:
+        """Thickness of every frame [Å], (n_frames,)."""
+        return self.thickness.apply(params["thickness"], jnp.asarray(self.experiment.theta))
+
+    def intensities(self, params) -> jax.Array:
+        """Unscaled calculated intensities, (n_frames, n_refl)."""
+        return integrated_intensities(self.atoms(params), self.crystal, self.experiment, self.frame_thickness(params),
+                                      self.bloch, params.get("orientation"))
+
+    def loss(self, params) -> jax.Array:
+        """wR_all with closed-form per-frame scales (the refinement objective)."""
+        return objective.loss(self.intensities(params), self.obs, kind=self.config.residual)
+
+    def summary(self, params) -> dict:
+        """R factors and counts of ``params`` (python floats)."""
+        return objective.summary(self.intensities(params), self.obs)
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def _make_optimizer(self) -> optax.GradientTransformation:
+        if self.config.optimizer == "lbfgs":
+            return optax.lbfgs()
+        rates = dict(self.config.lr_groups)
+        unknown = set(rates) - set(self.params0)
+        if unknown:
+            raise JaxedInputError(f"lr_groups: unknown parameter groups {sorted(unknown)} (have {sorted(self.params0)})")
+        transforms = {g: (optax.set_to_zero() if rates.get(g, self.config.lr) == 0 else
+                          optax.adam(rates.get(g, self.config.lr))) for g in self.params0}
+        labels = {g: jax.tree_util.tree_map(lambda _, g=g: g, sub) for g, sub in self.params0.items()}
+        return optax.multi_transform(transforms, labels)
+
+    def make_step(self) -> Callable:
+        """The jitted optimiser step ``(params, state) -> (params, state, loss, finite)``; compiles once."""
+        opt = self.optimizer
+        loss_fn = self.loss
+
+        if self.config.optimizer == "adam":
+            def step(params, state):
+                value, grads = jax.value_and_grad(loss_fn)(params, )
+                finite = jnp.isfinite(value) & jnp.all(jnp.array(
+                    [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+                updates, new_state = opt.update(grads, state, params)
+                new_params = optax.apply_updates(params, updates)
+                return new_params, new_state, value, finite
+        else:
+            value_and_grad = optax.value_and_grad_from_state(loss_fn)
+
+            def step(params, state):
+                value, grads = value_and_grad(params, state=state)
+                finite = jnp.isfinite(value) & jnp.all(jnp.array(
+                    [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+                updates, new_state = opt.update(grads, state, params, value=value, grad=grads, value_fn=loss_fn)
+                new_params = optax.apply_updates(params, updates)
+                return new_params, new_state, value, finite
+
+        return jax.jit(step)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def _flatten(tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+
+
+def _unflatten(template, flat: dict) -> object:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    if len(flat) != len(leaves):
+        raise JaxedInputError(f"checkpoint has {len(flat)} arrays, the model needs {len(leaves)}: different settings?")
+    new = []
+    for i, ref in enumerate(leaves):
+        arr = flat[f"leaf_{i:05d}"]
+        if np.shape(arr) != np.shape(ref):
+            raise JaxedInputError(f"checkpoint array {i} has shape {np.shape(arr)}, expected {np.shape(ref)}")
+        new.append(jnp.asarray(arr, dtype=jnp.asarray(ref).dtype))
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> None:
+    """Write ``checkpoint.npz`` (params, optimiser state) and ``checkpoint.json`` (epoch, history) atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "checkpoint.tmp.npz"
+    np.savez(tmp, **{f"p_{k}": v for k, v in _flatten(params).items()}, **{f"s_{k}": v for k, v in _flatten(state).items()})
+    tmp.replace(folder / "checkpoint.npz")
+    tmp_json = folder / "checkpoint.tmp.json"
+    tmp_json.write_text(json.dumps({"epoch": epoch, "history": history}))
+    tmp_json.replace(folder / "checkpoint.json")
+
+
+def load_checkpoint(folder: Path, params_template, state_template):
+    """Inverse of :func:`save_checkpoint`: (params, state, history, epoch)."""
+    with np.load(folder / "checkpoint.npz") as data:
+        p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
+        s = {k[2:]: data[k] for k in data.files if k.startswith("s_")}
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    return _unflatten(params_template, p), _unflatten(state_template, s), meta["history"], int(meta["epoch"])
+
+
+# ----------------------------------------------------------------------------------------------------- driver
+def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
+                   progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
+    """Optimise ``problem`` for ``config.epochs`` steps.
+
+    Returns:
+        (params, history) — history is a list of dicts {epoch, loss (wR_all), seconds}.
+    Raises:
+        RefinementDiverged on a non-finite loss or gradient (the last good checkpoint is kept in ``out``).
+    """
+    config = problem.config
+    out = None if out is None else Path(out)
+    params = problem.params0
+    state = problem.optimizer.init(params)
+    history: list = []
+    start_epoch = 0
+    if resume:
+        if out is None or not (out / "checkpoint.npz").exists():
+            raise JaxedInputError(f"--resume: no checkpoint in {out}")
+        params, state, history, start_epoch = load_checkpoint(out, params, state)
+    step = problem.make_step()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs, initial=start_epoch, desc="refine", unit="epoch", dynamic_ncols=True)
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    last_good = (params, state)
+    for epoch in range(start_epoch, config.epochs):
+        new_params, new_state, value, finite = step(params, state)
+        value = float(value)
+        if not bool(finite):
+            if out is not None:
+                save_checkpoint(out, *last_good, history, epoch)
+            if bar is not None:
+                bar.close()
+            raise RefinementDiverged(
+                f"epoch {epoch}: non-finite loss or gradient (loss = {value}); stopped, last good state kept"
+                + (f" in {out / 'checkpoint.npz'}" if out is not None else ""))
+        history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0})
+        last_good = (params, state) = (new_params, new_state)
+        if bar is not None:
+            bar.set_postfix_str(f"wR_all {value:.4f}")
+            bar.update(1)
+        if callback is not None:
+            callback(epoch, params, value)
+        if out is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+            save_checkpoint(out, params, state, history, epoch + 1)
+    if bar is not None:
+        bar.close()
+    if out is not None:
+        save_checkpoint(out, params, state, history, config.epochs)
+    return params, history
