@@ -214,6 +214,16 @@ def read_pets(path: str | Path, *, cell_tolerance: float = 0.01, drop_bad_sigma:
 
     frames = table("_diffrn_zone_axis_", _FRAME_TAGS, ("id", "alpha"))
     refl = table("_refln_", _REFL_TAGS, _REFL_TAGS)
+    sigma = refl["intensity_sigma"]
+    if np.any(sigma <= 0):
+        bad = np.nonzero(sigma <= 0)[0]
+        line = f"{where}: _refln_intensity_sigma ≤ 0 in {len(bad)} rows (first: row {bad[0] + 1})"
+        if not drop_bad_sigma:
+            raise JaxedInputError(line + "; expected σ > 0 (or drop them with --drop-bad-sigma)")
+        warnings.warn(line + "; those reflections are dropped", stacklevel=2)
+        good = sigma > 0
+        refl = {k: v[good] for k, v in refl.items()}
+        sigma = refl["intensity_sigma"]
     n_frames = len(frames["id"])
     zeros = np.zeros(n_frames)
     alpha = frames["alpha"]
@@ -230,16 +240,6 @@ def read_pets(path: str | Path, *, cell_tolerance: float = 0.01, drop_bad_sigma:
         count = int(np.isin(zone, unknown).sum())
         raise JaxedInputError(f"{where}: _refln_zone_axis_id {unknown[0]} has no frame in _diffrn_zone_axis_id "
                               f"({count} reflections, {len(unknown)} unknown ids)")
-    sigma = refl["intensity_sigma"]
-    if np.any(sigma <= 0):
-        bad = np.nonzero(sigma <= 0)[0]
-        line = f"{where}: _refln_intensity_sigma ≤ 0 in {len(bad)} rows (first: row {bad[0] + 1})"
-        if not drop_bad_sigma:
-            raise JaxedInputError(line + "; expected σ > 0 (or drop them with --drop-bad-sigma)")
-        warnings.warn(line + "; those reflections are dropped", stacklevel=2)
-        good = sigma > 0
-        refl = {k: v[good] for k, v in refl.items()}
-        sigma = refl["intensity_sigma"]
     ub_cell = cell_from_ub(ub)
     rel = max(abs(x - y) / y for x, y in zip(ub_cell[:3], cell[:3]))
     ang = max(abs(x - y) for x, y in zip(ub_cell[3:], cell[3:]))
