@@ -62,7 +62,89 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_physics(p)
     p.add_argument("--out", required=True, help="output CSV: frame,h,k,l,sg,intensity")
     p.set_defaults(run=_run_simulate)
+
+    for name, helptext in (("refine", "refine a structure (and thickness model) against a .cif_pets dataset"),
+                           ("evaluate", "R factors of a structure against a .cif_pets dataset, without refining")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("structure", help="structure CIF")
+        p.add_argument("data", help="PETS2 .cif_pets file")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--block", help="data block of the structure CIF")
+        p.add_argument("--config", help="JSON or TOML file with any of these options (command line wins)")
+        _add_data_options(p)
+        if name == "evaluate":
+            p.add_argument("--thickness", type=_positive(float), default=None, help="thickness [Å] (800)")
+            p.set_defaults(run=_run_evaluate)
+        else:
+            p.add_argument("--thickness-model", choices=("nn", "single", "kinematic", "plate", "tilt", "constant"),
+                           default=None, help="thickness model (nn = ThicknessNN)")
+            p.add_argument("--thickness-init", type=_positive(float), default=None, help="starting thickness [Å] (800)")
+            p.add_argument("--optimizer", choices=("adam", "lbfgs"), default=None, help="optimiser (adam)")
+            p.add_argument("--epochs", type=int, default=None, help="optimiser steps (200)")
+            p.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate (0.001)")
+            p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
+            p.add_argument("--aniso", choices=("as-given", "all", "none"), default=None,
+                           help="ADPs: as in the CIF, all anisotropic, or all isotropic")
+            p.add_argument("--refine-orientation", choices=("none", "gradient"), default=None,
+                           help="per-frame tilt corrections refined by gradient jointly with everything else")
+            p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (10)")
+            p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+            p.set_defaults(run=_run_refine)
+
+    p = sub.add_parser("synth", help="synthetic integrated intensities (the reference paper's protocol)")
+    p.add_argument("structure", help="true structure CIF")
+    p.add_argument("--block", help="data block of the structure CIF")
+    geo = p.add_mutually_exclusive_group(required=True)
+    geo.add_argument("--frames-from", metavar="DATA", help="take the frame geometry of this .cif_pets file")
+    geo.add_argument("--tilt-series", nargs=3, type=float, metavar=("START", "END", "STEP"),
+                     help="generated continuous rotation: α from START to END every STEP degrees")
+    p.add_argument("--frames", help="subset of frames (e.g. 'every:3', '1-20')")
+    p.add_argument("--profile", choices=("constant", "wedge", "plate", "random"), default="random",
+                   help="true thickness profile (random: a smooth seeded function of θ)")
+    p.add_argument("--thickness", type=_positive(float), default=800.0, help="mean/base thickness t0 [Å] (800)")
+    p.add_argument("--i-max", type=_positive(float), default=1e6, help="counts of the brightest reflection (1e6)")
+    p.add_argument("--semi-angle", type=_positive(float), default=1.0, help="integration semi-angle [deg] (tilt series)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the profile and the Poisson noise")
+    p.add_argument("--g-max", type=_positive(float), default=1.6)
+    p.add_argument("--sg-max", type=_positive(float), default=0.01)
+    p.add_argument("--g-max-refine", type=_positive(float), default=1.4)
+    p.add_argument("--samples", type=int, default=21, help="rocking-curve samples per frame (21)")
+    p.add_argument("--scattering", choices=("lobato", "peng"), default="lobato")
+    p.add_argument("--out", required=True, help="output .cif_pets (a sidecar OUT.truth.json holds the thickness)")
+    p.set_defaults(run=_run_synth)
+
+    p = sub.add_parser("demo", help="a real refinement on synthetic quartz shipped with jaxed (a few minutes)")
+    p.add_argument("--out", default="jaxed-demo", help="output folder (jaxed-demo)")
+    p.add_argument("--epochs", type=int, default=None, help="optimiser steps")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_demo)
     return parser
+
+
+_DATA_DEFAULTS = {"g_max": 1.6, "sg_max": 0.01, "g_max_refine": 1.4, "r_sg": 0.9, "samples": 21, "semi_angle": None,
+                  "scattering": "lobato", "absorption": 0.0, "frames": None, "cell_tolerance": 0.05,
+                  "drop_bad_sigma": False}
+_REFINE_DEFAULTS = {"thickness_model": "nn", "thickness_init": 800.0, "optimizer": "adam", "epochs": 200,
+                    "lr": 1e-3, "seed": 0, "aniso": "as-given", "refine_orientation": "none", "checkpoint_every": 10,
+                    "thickness": 800.0}
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--g-max", type=_positive(float), default=None, help="beams in the matrix: |g| ≤ G [1/Å] (1.6)")
+    p.add_argument("--sg-max", type=_positive(float), default=None, help="beams in the matrix: |s_g| ≤ S [1/Å] (0.01)")
+    p.add_argument("--g-max-refine", type=_positive(float), default=None, help="reflections used: |g| ≤ G [1/Å] (1.4)")
+    p.add_argument("--r-sg", type=_positive(float), default=None, help="reflections used: R_Sg ≤ R (0.9)")
+    p.add_argument("--samples", type=int, default=None, help="rocking-curve samples per frame (21)")
+    p.add_argument("--semi-angle", type=_positive(float), default=None,
+                   help="integration semi-angle [deg] (default: the file's precession_angle column)")
+    p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
+    p.add_argument("--absorption", type=float, default=None, metavar="KAPPA", help="U'_g = κU_g (0)")
+    p.add_argument("--frames", help="subset of frames: '1-20', '1,5,9-12', 'every:3', 'first:20'")
+    p.add_argument("--cell-tolerance", type=_positive(float), default=None,
+                   help="refuse a structure whose cell differs from the data's by more than this (0.05 = 5 %%)")
+    p.add_argument("--drop-bad-sigma", action="store_true", default=None, help="drop reflections with σ ≤ 0")
+    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
 
 
 def _configure_precision(float32: bool) -> None:
@@ -97,6 +179,130 @@ def _run_simulate(args) -> int:
     n_frames = int(result.frame.max()) + 1
     print(f"jaxed simulate: {crystal.name} ({crystal.spacegroup}), {n_frames} direction(s), {len(result.frame)} beams, "
           f"t = {args.thickness:g} Å, {args.energy:g} kV → {out}")
+    return 0
+
+
+def _settings(args) -> dict:
+    """Defaults < config file < command line."""
+    merged = {**_DATA_DEFAULTS, **_REFINE_DEFAULTS}
+    if getattr(args, "config", None):
+        from jaxed.workflow import read_config
+
+        cfg = read_config(args.config)
+        unknown = set(cfg) - set(merged)
+        if unknown:
+            raise JaxedInputError(f"{args.config}: unknown settings {sorted(unknown)} (known: {sorted(merged)})")
+        merged.update(cfg)
+    for key in merged:
+        value = getattr(args, key, None)
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+def _load(args, s):
+    import warnings
+
+    from jaxed.experiment import ExperimentSettings
+    from jaxed.workflow import load_problem
+
+    if s["samples"] < 1:
+        raise JaxedInputError(f"--samples {s['samples']}: expected ≥ 1")
+    exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
+                             r_sg_max=s["r_sg"], n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],
+                               frames=s["frames"], exp_settings=exp, absorption=s["absorption"],
+                               cell_tolerance=s["cell_tolerance"], drop_bad_sigma=bool(s["drop_bad_sigma"]))
+    for w in caught:
+        print(f"jaxed: warning: {w.message}", file=sys.stderr)
+    return problem
+
+
+def _print_summary(report: dict) -> None:
+    print(f"R_obs {100 * report['R_obs']:.2f} %   wR_all {100 * report['wR_all']:.2f} % (paper form)   "
+          f"wR_all(|F|) {100 * report['wR_all_jana']:.2f} %   N_obs {report['N_obs']}   N_all {report['N_all']}   "
+          f"mean thickness {report['mean_thickness_A']:.0f} Å")
+
+
+def _run_evaluate(args) -> int:
+    _configure_precision(args.float32)
+    from jaxed.workflow import evaluate
+
+    s = _settings(args)
+    crystal, atoms, _, experiment, bloch = _load(args, s)
+    report = evaluate(crystal, atoms, experiment, bloch, s["thickness"], args.out)
+    _print_summary(report)
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _run_refine(args) -> int:
+    _configure_precision(args.float32)
+    from jaxed.refine import RefineConfig, RefinementDiverged
+    from jaxed.workflow import refine
+
+    s = _settings(args)
+    crystal, atoms, _, experiment, bloch = _load(args, s)
+    config = RefineConfig(thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
+                          optimizer=s["optimizer"], epochs=int(s["epochs"]), lr=s["lr"], seed=int(s["seed"]),
+                          aniso=s["aniso"], refine_orientation=s["refine_orientation"] == "gradient",
+                          checkpoint_every=int(s["checkpoint_every"]))
+    try:
+        result = refine(crystal, atoms, experiment, bloch, config, args.out, resume=args.resume,
+                        progress=not args.no_progress)
+    except RefinementDiverged as exc:
+        raise JaxedInputError(str(exc)) from None
+    _print_summary(result["report"])
+    print(f"refined structure: {Path(args.out) / 'refined.cif'}   report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def _run_synth(args) -> int:
+    _configure_precision(False)
+    import numpy as np
+
+    from jaxed.bloch import BlochSettings
+    from jaxed.constants import energy_from_wavelength
+    from jaxed.crystal import load_structure
+    from jaxed.experiment import ExperimentSettings
+    from jaxed.pets import read_pets, write_pets
+    from jaxed.synth import synthesize, thickness_profile, tilt_series, write_sidecar
+    from jaxed.workflow import parse_frames
+
+    crystal, atoms = load_structure(args.structure, block=args.block, scattering=args.scattering)
+    if args.frames_from:
+        frames = read_pets(args.frames_from, drop_bad_sigma=True)
+    else:
+        start, end, step = args.tilt_series
+        if not (step > 0 and end > start):
+            raise JaxedInputError(f"--tilt-series {start} {end} {step}: expected START < END and STEP > 0")
+        frames = tilt_series(crystal, alpha_start=start, alpha_end=end, step=step, semi_angle=args.semi_angle,
+                             seed=args.seed)
+    chosen = parse_frames(args.frames, frames.n_frames)
+    if chosen is not None:
+        frames = frames.subset_frames(chosen)
+    theta = np.deg2rad(frames.alpha)
+    truth = thickness_profile(args.profile, theta, args.thickness, seed=args.seed)
+    settings = ExperimentSettings(g_max=args.g_max, sg_max=args.sg_max, g_max_refine=args.g_max_refine,
+                                  n_samples=args.samples, r_sg_max=None)
+    bloch = BlochSettings(energy_from_wavelength(frames.wavelength))
+    data = synthesize(crystal, atoms, frames, truth, bloch, settings, i_max=args.i_max, seed=args.seed)
+    write_pets(args.out, data)
+    sidecar = str(args.out) + ".truth.json"
+    write_sidecar(sidecar, frames, truth, structure=str(args.structure), profile=args.profile, i_max=args.i_max,
+                  seed=args.seed, g_max=args.g_max, sg_max=args.sg_max, g_max_refine=args.g_max_refine,
+                  samples=args.samples)
+    print(f"jaxed synth: {data.n_frames} frames, {data.n_refl} reflections → {args.out} (truth: {sidecar})")
+    return 0
+
+
+def _run_demo(args) -> int:
+    _configure_precision(False)
+    from jaxed.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
     return 0
 
 

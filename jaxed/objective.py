@@ -1,180 +1,338 @@
-"""Residuals of the refinement: R_obs, wR_all (two forms), GoF, closed-form frame scales (docs/PHYSICS.md §7.1,
-"Settled for jaxed"; docs/TARGETS.md).
+"""Residuals of the refinement: R_obs, R_all, wR_all (two forms), GoF and closed-form per-frame scales.
 
-Observations are padded per frame: arrays (n_frames, n_refl) with a mask. Conventions, u = 0.01:
+Conventions are those of the reference paper (Malik et al. 2026, after Klar et al. 2023; docs/TARGETS.md) and of
+Jana (docs/PHYSICS.md §7.1 and its "Settled for jaxed" section). Observations are grouped per frame and padded:
+every array is (n_frames, n_refl) with a boolean ``mask`` (False on padding). Instability factor u = 0.01.
 
-* weak rule (reference paper / Klar et al. 2023): I_obs < 0.01·σ(I) counts as I_obs = 0 with σ(√I) = 5√σ(I);
-  otherwise σ(√I) = σ(I)/(2√I_obs). The two agree at I_obs = 0.01σ, so the rule is continuous.
-* **wR_all (paper)**, as printed: sqrt(Σ w²(I_o − I_c)² / Σ w² I_o²), w = (σ(√I_o)² + (u√I_o)²)^(−1/2).
-* **wR_all (Jana)**, on |F|: sqrt(Σ w(|F_o| − |F_c|)² / Σ w|F_o|²), w = 1/(σ(F)² + (uF_o)²), σ(F) = σ(√I) above.
-* R_obs = Σ_obs |√I_o − √I_c| / Σ_obs √I_o over I_o > 3σ(I); R_all the same over all reflections.
-* GoF = sqrt(Σ w(|F_o| − |F_c|)² / (N_all − N_par)) with the Jana weights.
+**Observation rule (the paper's, as printed).** With σ = σ(I_obs):
 
-Per-frame scales k_i multiply I_calc and are eliminated in closed form (weighted least squares) at every evaluation;
-a frame whose model intensities all vanish gets k = 1. Masked entries never leak (sanitised once), and every
-square root is guarded so that values and gradients stay finite for zero, negative and padded data.
+* weak, I_obs < 0.01·σ (this includes zero and negative I_obs):  I_obs ← 0,  σ(√I_obs) = 5·√σ;
+* otherwise (I_obs ≥ 0.01·σ > 0):                               σ(√I_obs) = σ / (2·√I_obs).
+
+The two branches meet at I_obs = 0.01·σ (σ/(2·√(0.01σ)) = 5·√σ), so σ(√I) is continuous in I_obs; this is why the
+printed rule needs no separate "weak but positive" case, and the smooth variant of PHYSICS §7.1 is not used.
+σ(F) of Jana's residual is this same σ(√I_obs), and |F_o| = √I_obs after the rule.
+
+**Residuals** (sums over the unmasked entries of the rows passed in; F_o = √I_obs, F_c = √I_calc, I_calc scaled):
+
+* ``wr_all_paper``, the paper's wR_all as printed (intensity differences, amplitude weights):
+  sqrt(Σ w²(I_o − I_c)² / Σ w² I_o²),  w = (σ(√I_o)² + (u·√I_o)²)^(−1/2).
+* ``wr_all_jana``, Jana's wR(all) on |F|: sqrt(Σ w(F_o − F_c)² / Σ w F_o²),  w = 1/(σ(F)² + (u·F_o)²).
+  Note w_jana = w_paper²: the two forms share their per-reflection weight and differ in I versus |F| differences.
+* ``r_obs`` = Σ|F_o − F_c| / Σ F_o over the observed reflections, I_obs > 3σ(I_obs); ``r_all`` the same over all.
+* ``goodness_of_fit`` = sqrt(Σ_all w_jana (F_o − F_c)² / (N_all − N_par)).
+
+**Scales.** Each frame i has a scale k_i multiplying its I_calc, eliminated in closed form (weighted least squares):
+paper form k = Σ w² I_o I_c / Σ w² I_c²; Jana form √k = Σ w F_o F_c / Σ w F_c² (the minimiser of Σ w(F_o − √k F_c)²).
+Both are ≥ 0 because I_o ≥ 0 after the observation rule. Guard: a frame whose denominator vanishes (no unmasked
+reflection, or I_calc = 0 on all of them) gets k = 1; the choice is local to the frame, so a frame's scale never
+depends on which other frames share the minibatch (a median over frames would). A frame whose observations are all
+weak (I_o = 0) has the exact minimiser k = 0: it then adds nothing to wR_all and its gradient is exactly zero.
+The closed forms are evaluated on I_calc divided by its per-frame maximum (a stop-gradient constant; k is
+homogeneous of degree −1 in I_calc, so value and derivative are unchanged), which makes the guard independent of the
+units of I_calc and keeps the sums away from underflow in float32.
+
+**Safety.** Non-finite I_obs or σ and σ ≤ 0 are treated as padding; masked entries are replaced by harmless values
+once in :func:`prepare_observations`, and every function also masks ``i_calc`` before using it, so garbage (NaN, inf)
+at padded entries cannot reach a value or a gradient. Square roots use the double-``where`` form (value and
+derivative 0 at 0), ratios whose denominator is 0 return 0 (e.g. wR_all of a set without any observed intensity).
+
+All functions are pure ``jax.numpy``, work on any subset of rows (frame minibatches: nothing is global) and may be
+``jit``-ted (``kind`` is static), ``vmap``-ped and differentiated with respect to ``i_calc``; :func:`counts` and
+:func:`summary` return python numbers and run on the host.
 """
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Observations", "prepare_observations", "frame_scales", "wr_all_paper", "wr_all_jana", "r_obs", "r_all",
-           "goodness_of_fit", "counts", "residual_vector", "loss", "summary"]
+if TYPE_CHECKING:  # shape annotations only
+    from jaxtyping import Array, ArrayLike, Bool, Float
 
-_TINY = 1e-30
+__all__ = ["Observations", "prepare_observations", "frame_scales", "wr_all_paper", "wr_all_jana", "r_obs", "r_all",
+           "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "RESIDUAL_KINDS"]
+
+RESIDUAL_KINDS = ("paper", "jana")
+WEAK_FRACTION = 0.01  # I_obs < 0.01·σ(I_obs) is "weak"
+WEAK_SIGMA_FACTOR = 5.0  # σ(√I_obs) = 5·√σ(I_obs) for weak reflections
+OBSERVED_SIGMAS = 3.0  # "observed": I_obs > 3·σ(I_obs)
 
 
 @partial(jax.tree_util.register_dataclass,
-         data_fields=["i_obs", "sigma", "sigma_sqrt", "f_obs", "w_paper", "w_jana", "observed", "mask"], meta_fields=[])
+         data_fields=["i_obs", "sigma", "f_obs", "sigma_f", "w_paper", "w_jana", "observed", "weak", "mask"],
+         meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class Observations:
-    """Per-observation quantities, (n_frames, n_refl) each; zero wherever ``mask`` is False.
+    """Per-observation quantities of the residuals, each (n_frames, n_refl); see :func:`prepare_observations`.
 
     Attributes:
-        i_obs: I_obs after the weak rule [counts].  sigma: σ(I) [counts].  sigma_sqrt: σ(√I).
-        f_obs: √I_obs.  w_paper: w of the paper's wR_all.  w_jana: w of Jana's wR_all.
-        observed: I_obs > 3σ(I).  mask: real observation (not padding).
+        i_obs: I_obs after the weak rule (≥ 0), 0 on padding [counts].
+        sigma: σ(I_obs) as measured, 1 on padding [counts].
+        f_obs: |F_o| = √I_obs after the weak rule, 0 on padding [counts^½].
+        sigma_f: σ(√I_obs) = σ(F), 1 on padding [counts^½].
+        w_paper: w of the paper's wR_all, (σ(√I)² + (u√I)²)^(−1/2), 0 on padding [counts^−½].
+        w_jana: w of Jana's wR_all on |F|, 1/(σ(F)² + (uF)²) = w_paper², 0 on padding [counts^−1].
+        observed: I_obs > 3σ(I_obs) (the R_obs set), False on padding.
+        weak: I_obs < 0.01σ(I_obs) (set to 0 by the rule), False on padding.
+        mask: a real observation (False: padding, or non-finite I_obs / σ, or σ ≤ 0).
     """
 
-    i_obs: jax.Array
-    sigma: jax.Array
-    sigma_sqrt: jax.Array
-    f_obs: jax.Array
-    w_paper: jax.Array
-    w_jana: jax.Array
-    observed: jax.Array
-    mask: jax.Array
+    i_obs: Float[Array, "n_frames n_refl"]
+    sigma: Float[Array, "n_frames n_refl"]
+    f_obs: Float[Array, "n_frames n_refl"]
+    sigma_f: Float[Array, "n_frames n_refl"]
+    w_paper: Float[Array, "n_frames n_refl"]
+    w_jana: Float[Array, "n_frames n_refl"]
+    observed: Bool[Array, "n_frames n_refl"]
+    weak: Bool[Array, "n_frames n_refl"]
+    mask: Bool[Array, "n_frames n_refl"]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_frames, n_refl)."""
+        return self.mask.shape
+
+    def select_frames(self, rows) -> Observations:
+        """The observations of a subset of frames (rows: indices, a slice or a boolean mask over n_frames)."""
+        return jax.tree_util.tree_map(lambda a: a[rows], self)
 
 
-def _safe_sqrt(x):
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+    """√x for x > 0, else 0; the derivative is 0 (not inf/NaN) wherever x ≤ 0 (double-where)."""
     positive = x > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
-def prepare_observations(i_obs, sigma, mask=None, *, u: float = 0.01) -> Observations:
-    """Apply the weak rule and compute weights. ``i_obs``, ``sigma``, ``mask``: (n_frames, n_refl)."""
-    i_obs = jnp.asarray(i_obs)
-    sigma = jnp.asarray(sigma)
-    mask = jnp.ones(i_obs.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    mask = mask & jnp.isfinite(i_obs) & jnp.isfinite(sigma) & (sigma > 0)
-    i_obs = jnp.where(mask, i_obs, 0.0)
-    sigma = jnp.where(mask, sigma, 1.0)
-    weak = i_obs < 0.01 * sigma
-    i_eff = jnp.where(weak, 0.0, i_obs)
-    f_obs = _safe_sqrt(i_eff)
-    sigma_sqrt = jnp.where(weak, 5.0 * jnp.sqrt(sigma), sigma / (2.0 * jnp.where(weak, 1.0, f_obs)))
-    w_paper = 1.0 / jnp.sqrt(sigma_sqrt**2 + (u * f_obs) ** 2)
-    w_jana = 1.0 / (sigma_sqrt**2 + (u * f_obs) ** 2)
-    zero = jnp.zeros_like(i_obs)
-    return Observations(i_obs=jnp.where(mask, i_eff, zero), sigma=sigma, sigma_sqrt=jnp.where(mask, sigma_sqrt, 1.0),
-                        f_obs=jnp.where(mask, f_obs, zero), w_paper=jnp.where(mask, w_paper, zero),
-                        w_jana=jnp.where(mask, w_jana, zero), observed=mask & (i_obs > 3.0 * sigma), mask=mask)
-
-
-def frame_scales(i_calc, obs: Observations, *, kind: str = "paper") -> jax.Array:
-    """Closed-form per-frame scale k minimising the chosen residual, (n_frames,).
-
-    paper: k = Σ w² I_o I_c / Σ w² I_c².   jana: √k = Σ w F_o F_c / Σ w F_c², F_c = √I_c.
-    A frame whose denominator vanishes (no reflections, all I_c = 0) gets k = 1.
-    """
-    i_calc = jnp.where(obs.mask, i_calc, 0.0)
-    if kind == "paper":
-        w2 = obs.w_paper**2
-        num = jnp.sum(w2 * obs.i_obs * i_calc, axis=-1)
-        den = jnp.sum(w2 * i_calc**2, axis=-1)
-        ok = den > _TINY
-        return jnp.where(ok, num / jnp.where(ok, den, 1.0), 1.0)
-    if kind == "jana":
-        f_calc = _safe_sqrt(i_calc)
-        num = jnp.sum(obs.w_jana * obs.f_obs * f_calc, axis=-1)
-        den = jnp.sum(obs.w_jana * f_calc**2, axis=-1)
-        ok = den > _TINY
-        return jnp.where(ok, num / jnp.where(ok, den, 1.0), 1.0) ** 2
-    raise ValueError(f"unknown residual kind {kind!r}")
-
-
-def _ratio(num, den):
-    ok = den > _TINY
+def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
+    """num/den where den > 0, else 0, with finite derivatives on both branches."""
+    ok = den > 0
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def wr_all_paper(i_scaled, obs: Observations, axis=None) -> jax.Array:
-    """The reference paper's wR_all (as printed), over ``axis`` (None: all; -1: per frame)."""
-    w2 = obs.w_paper**2
-    diff = jnp.where(obs.mask, obs.i_obs - i_scaled, 0.0)
-    return _safe_sqrt(_ratio(jnp.sum(w2 * diff**2, axis=axis), jnp.sum(w2 * obs.i_obs**2, axis=axis)))
+def _check_kind(kind: str) -> None:
+    if kind not in RESIDUAL_KINDS:
+        raise ValueError(f"unknown residual kind {kind!r}; expected one of {RESIDUAL_KINDS}")
 
 
-def wr_all_jana(i_scaled, obs: Observations, axis=None) -> jax.Array:
-    """Jana's wR(all) on |F|."""
+def prepare_observations(i_obs: ArrayLike, sigma: ArrayLike, mask: ArrayLike | None = None, *,
+                         u: float = 0.01) -> Observations:
+    """Apply the paper's weak rule and precompute σ(√I), weights and masks, once per dataset.
+
+    Args:
+        i_obs: measured intensities, (n_frames, n_refl) [counts]; any value at padded entries (NaN included).
+        sigma: σ(I_obs), (n_frames, n_refl) [counts].
+        mask: True for real observations, (n_frames, n_refl); default all True. Entries with non-finite I_obs or σ,
+            or σ ≤ 0, are dropped from the mask as well (they carry no usable weight).
+        u: instability factor of both weightings (the paper: 0.01).
+
+    Returns:
+        :class:`Observations`. Weak rule: I_obs < 0.01σ → I_obs = 0 and σ(√I) = 5√σ; otherwise σ(√I) = σ/(2√I_obs).
+    """
+    i_obs = jnp.asarray(i_obs)
+    if not jnp.issubdtype(i_obs.dtype, jnp.floating):
+        i_obs = i_obs.astype(jnp.result_type(float))
+    sigma = jnp.asarray(sigma, dtype=i_obs.dtype)
+    mask = jnp.ones(i_obs.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    mask = mask & jnp.isfinite(i_obs) & jnp.isfinite(sigma) & (sigma > 0)
+    i_raw = jnp.where(mask, i_obs, 0.0)
+    sig = jnp.where(mask, sigma, 1.0)
+
+    weak = mask & (i_raw < WEAK_FRACTION * sig)
+    strong = mask & ~weak  # here I_obs ≥ 0.01σ > 0
+    i_eff = jnp.where(strong, i_raw, 0.0)
+    f_obs = _safe_sqrt(i_eff)
+    sigma_f = jnp.where(weak, WEAK_SIGMA_FACTOR * jnp.sqrt(sig),
+                        jnp.where(strong, sig / (2.0 * jnp.where(strong, f_obs, 1.0)), 1.0))
+    w_jana = jnp.where(mask, 1.0 / (sigma_f**2 + (u * f_obs) ** 2), 0.0)
+    w_paper = jnp.sqrt(w_jana)  # (σ(√I)² + (u√I)²)^(−1/2); 0 on padding
+    observed = mask & (i_raw > OBSERVED_SIGMAS * sig)
+    return Observations(i_obs=i_eff, sigma=sig, f_obs=f_obs, sigma_f=sigma_f, w_paper=w_paper, w_jana=w_jana,
+                        observed=observed, weak=weak, mask=mask)
+
+
+def _ls_scale(x: jax.Array, y: jax.Array, wt: jax.Array) -> jax.Array:
+    """Per-row s minimising Σ wt (y − s x)², i.e. Σ wt x y / Σ wt x², and 1 where Σ wt x² = 0. Rows: (n_frames,).
+
+    x is divided by its row maximum c (held constant for differentiation); s(x) = s(x/c)/c exactly, so value and
+    derivative are those of the plain formula while the guard does not depend on the units of x.
+    """
+    c = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, initial=0.0))
+    c_ok = c > jnp.finfo(x.dtype).tiny
+    c = jnp.where(c_ok, c, 1.0)
+    xn = x / c[:, None]
+    num = jnp.sum(wt * xn * y, axis=-1)
+    den = jnp.sum(wt * xn**2, axis=-1)
+    ok = c_ok & (den > jnp.finfo(x.dtype).tiny)
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0) / c, 1.0)
+
+
+def frame_scales(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *,
+                 kind: str = "paper") -> Float[Array, " n_frames"]:
+    """Closed-form per-frame scale k (multiplying I_calc) that minimises the ``kind`` residual given the model.
+
+    Args:
+        i_calc: unscaled model intensities, (n_frames, n_refl).
+        obs: the observations of the same rows.
+        kind: 'paper': k = Σ w² I_o I_c / Σ w² I_c² (wR_all of the paper); 'jana': k = (Σ w F_o F_c / Σ w F_c²)²
+            with F_c = √I_c (Jana's wR_all on |F|).
+
+    Returns:
+        k ≥ 0, (n_frames,) [counts per unit of I_calc]; 1 for frames with no reflection or I_calc = 0 throughout,
+        0 for frames whose observations are all weak.
+    """
+    _check_kind(kind)
+    i_calc = jnp.where(obs.mask, i_calc, 0.0)
+    if kind == "paper":
+        return _ls_scale(i_calc, obs.i_obs, obs.w_paper**2)
+    return _ls_scale(_safe_sqrt(i_calc), obs.f_obs, obs.w_jana) ** 2
+
+
+def _scaled(i_calc: jax.Array, obs: Observations, kind: str) -> jax.Array:
+    """k·I_calc with the closed-form scales of ``kind``, 0 on padding."""
+    i_calc = jnp.where(obs.mask, i_calc, 0.0)
+    return frame_scales(i_calc, obs, kind=kind)[:, None] * i_calc
+
+
+def _sums(i_scaled: jax.Array, obs: Observations, kind: str, axis) -> tuple[jax.Array, jax.Array]:
+    """(Σ weighted squared residual, Σ weighted squared observation) of the ``kind`` wR_all over ``axis``."""
+    i_scaled = jnp.where(obs.mask, i_scaled, 0.0)
+    if kind == "paper":
+        w2 = obs.w_paper**2
+        return jnp.sum(w2 * (obs.i_obs - i_scaled) ** 2, axis=axis), jnp.sum(w2 * obs.i_obs**2, axis=axis)
     diff = jnp.where(obs.mask, obs.f_obs - _safe_sqrt(i_scaled), 0.0)
-    return _safe_sqrt(_ratio(jnp.sum(obs.w_jana * diff**2, axis=axis), jnp.sum(obs.w_jana * obs.f_obs**2, axis=axis)))
+    return jnp.sum(obs.w_jana * diff**2, axis=axis), jnp.sum(obs.w_jana * obs.f_obs**2, axis=axis)
 
 
-def _r(i_scaled, obs, select):
-    diff = jnp.abs(obs.f_obs - _safe_sqrt(i_scaled))
-    return _ratio(jnp.sum(jnp.where(select, diff, 0.0)), jnp.sum(jnp.where(select, obs.f_obs, 0.0)))
+def wr_all_paper(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations, *,
+                 per_frame: bool = False) -> Float[Array, ""] | Float[Array, " n_frames"]:
+    """The paper's wR_all (as printed): sqrt(Σ w²(I_o − I_c)² / Σ w² I_o²), w = (σ(√I_o)² + (u√I_o)²)^(−1/2).
+
+    ``i_calc_scaled``: scaled model intensities (n_frames, n_refl) [counts]. Over all rows, or one value per row
+    with ``per_frame``; 0 where Σ w² I_o² = 0 (no observed intensity).
+    """
+    num, den = _sums(i_calc_scaled, obs, "paper", -1 if per_frame else None)
+    return _safe_sqrt(_safe_ratio(num, den))
 
 
-def r_obs(i_scaled, obs: Observations) -> jax.Array:
-    """R_obs = Σ|√I_o − √I_c| / Σ√I_o over I_o > 3σ."""
-    return _r(i_scaled, obs, obs.observed)
+def wr_all_jana(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations, *,
+                per_frame: bool = False) -> Float[Array, ""] | Float[Array, " n_frames"]:
+    """Jana's wR(all) on |F|: sqrt(Σ w(F_o − F_c)² / Σ w F_o²), w = 1/(σ(F)² + (uF_o)²), F_c = √I_c (scaled).
+
+    Over all rows, or one value per row with ``per_frame``; 0 where Σ w F_o² = 0.
+    """
+    num, den = _sums(i_calc_scaled, obs, "jana", -1 if per_frame else None)
+    return _safe_sqrt(_safe_ratio(num, den))
 
 
-def r_all(i_scaled, obs: Observations) -> jax.Array:
-    """R_all: as R_obs, over every reflection."""
-    return _r(i_scaled, obs, obs.mask)
+def _r_factor(i_calc_scaled: jax.Array, obs: Observations, select: jax.Array) -> jax.Array:
+    f_calc = _safe_sqrt(jnp.where(select, i_calc_scaled, 0.0))
+    diff = jnp.where(select, jnp.abs(obs.f_obs - f_calc), 0.0)
+    return _safe_ratio(jnp.sum(diff), jnp.sum(jnp.where(select, obs.f_obs, 0.0)))
+
+
+def r_obs(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations) -> Float[Array, ""]:
+    """R_obs = Σ_obs |√I_o − √I_c| / Σ_obs √I_o over the observed reflections, I_obs > 3σ(I_obs)."""
+    return _r_factor(i_calc_scaled, obs, obs.observed)
+
+
+def r_all(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations) -> Float[Array, ""]:
+    """R_all = Σ |√I_o − √I_c| / Σ √I_o over every reflection (weak ones with √I_o = 0)."""
+    return _r_factor(i_calc_scaled, obs, obs.mask)
+
+
+def goodness_of_fit(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations,
+                    n_params: int = 0) -> Float[Array, ""]:
+    """GoF(all) = sqrt(Σ_all w (F_o − F_c)² / (N_all − N_par)) with Jana's weights (u included).
+
+    The number of degrees of freedom is clipped at 1.
+    """
+    num, _ = _sums(i_calc_scaled, obs, "jana", None)
+    dof = jnp.maximum(jnp.sum(obs.mask) - n_params, 1)
+    return _safe_sqrt(num / dof)
 
 
 def counts(obs: Observations) -> tuple[int, int]:
-    """(N_obs, N_all)."""
+    """(N_obs, N_all): observed (I_obs > 3σ) and all unmasked reflections, as python ints (host side)."""
     return int(np.sum(np.asarray(obs.observed))), int(np.sum(np.asarray(obs.mask)))
 
 
-def goodness_of_fit(i_scaled, obs: Observations, n_params: int = 0) -> jax.Array:
-    """GoF = sqrt(Σ w_J (|F_o| − |F_c|)² / (N_all − N_par))."""
-    diff = jnp.where(obs.mask, obs.f_obs - _safe_sqrt(i_scaled), 0.0)
-    dof = jnp.maximum(jnp.sum(obs.mask) - n_params, 1)
-    return jnp.sqrt(jnp.sum(obs.w_jana * diff**2) / dof)
+def residual_vector(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observations, kind: str = "paper", *,
+                    normalize: bool = False) -> Float[Array, " n_frames*n_refl"]:
+    """Weighted residuals for least squares (Gauss–Newton), flattened frame-major, 0 on padding.
 
-
-def residual_vector(i_scaled, obs: Observations, kind: str = "paper") -> jax.Array:
-    """Weighted residuals r (n_frames·n_refl,), zero on padding, with Σ r² = wR_all² of the chosen form."""
-    if kind == "paper":
-        r = obs.w_paper * jnp.where(obs.mask, obs.i_obs - i_scaled, 0.0)
-        norm = jnp.sum(obs.w_paper**2 * obs.i_obs**2)
-    else:
-        r = jnp.sqrt(obs.w_jana) * jnp.where(obs.mask, obs.f_obs - _safe_sqrt(i_scaled), 0.0)
-        norm = jnp.sum(obs.w_jana * obs.f_obs**2)
-    return (r / jnp.sqrt(jnp.maximum(norm, _TINY))).reshape(-1)
-
-
-def loss(i_calc, obs: Observations, *, kind: str = "paper", per_frame_mean: bool = False) -> jax.Array:
-    """The refinement objective: wR_all after closed-form scaling (differentiable through the scales).
-
-    ``per_frame_mean``: the mean over frames (with reflections) of each frame's wR_all instead of the global wR_all.
+    'paper': r = w (I_o − I_c), so Σ r² / Σ w² I_o² = wR_all(paper)²;
+    'jana':  r = √w (F_o − F_c), so Σ r² / Σ w F_o² = wR_all(Jana)².
+    With ``normalize`` the residuals are divided by the square root of that denominator, so Σ r² = wR_all².
     """
-    k = frame_scales(i_calc, obs, kind=kind)
-    scaled = i_calc * k[:, None]
-    fn = wr_all_paper if kind == "paper" else wr_all_jana
+    _check_kind(kind)
+    i_scaled = jnp.where(obs.mask, i_calc_scaled, 0.0)
+    if kind == "paper":
+        r = obs.w_paper * (obs.i_obs - i_scaled)
+        den = jnp.sum(obs.w_paper**2 * obs.i_obs**2)
+    else:
+        r = obs.w_paper * jnp.where(obs.mask, obs.f_obs - _safe_sqrt(i_scaled), 0.0)  # √w_jana = w_paper
+        den = jnp.sum(obs.w_jana * obs.f_obs**2)
+    r = jnp.where(obs.mask, r, 0.0).reshape(-1)
+    if normalize:
+        r = r * _safe_ratio(1.0, _safe_sqrt(den))
+    return r
+
+
+def loss(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *, kind: str = "paper",
+         per_frame_mean: bool = False) -> Float[Array, ""]:
+    """The refinement objective: wR_all of ``kind`` after closed-form per-frame scaling.
+
+    Args:
+        i_calc: unscaled model intensities (n_frames, n_refl); the scales are recomputed from them in closed form
+            and differentiated through.
+        obs: the observations of the same rows.
+        kind: 'paper' (:func:`wr_all_paper`) or 'jana' (:func:`wr_all_jana`).
+        per_frame_mean: False: the wR_all of all rows together (ratio of sums). True: the root mean square over
+            frames of the per-frame wR_all, sqrt(mean_f wR_f²), over the frames with a nonzero denominator; every
+            frame then counts equally whatever its intensity, and a minibatch mean is an unbiased estimate of the
+            full-batch value (the ratio of sums is not).
+
+    Returns:
+        The loss (a scalar, dimensionless).
+    """
+    _check_kind(kind)
+    i_scaled = _scaled(i_calc, obs, kind)
     if not per_frame_mean:
-        return fn(scaled, obs)
-    per = fn(scaled, obs, axis=-1)
-    has = jnp.any(obs.mask, axis=-1)
-    return jnp.sum(jnp.where(has, per, 0.0)) / jnp.maximum(jnp.sum(has), 1)
+        num, den = _sums(i_scaled, obs, kind, None)
+        return _safe_sqrt(_safe_ratio(num, den))
+    num, den = _sums(i_scaled, obs, kind, -1)
+    has = den > 0
+    mean_sq = jnp.sum(_safe_ratio(num, den)) / jnp.maximum(jnp.sum(has), 1)
+    return _safe_sqrt(mean_sq)
 
 
-def summary(i_calc, obs: Observations, n_params: int = 0) -> dict:
-    """R factors (paper scaling) of unscaled model intensities, as python floats."""
-    k = frame_scales(i_calc, obs, kind="paper")
-    scaled = i_calc * k[:, None]
+def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params: int = 0, *,
+            kind: str = "paper") -> dict:
+    """R factors of unscaled model intensities, as python numbers (for reports; host side).
+
+    Each wR is evaluated at its own closed-form scales (wR_all: paper scales; wR_all_jana and GoF: Jana scales);
+    R_obs and R_all at the scales of ``kind`` (the residual refined), which are returned as ``scales``.
+
+    Returns:
+        {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'N_obs', 'N_all', 'kind', 'scales'}.
+    """
+    _check_kind(kind)
+    values = _summary_values(i_calc, obs, n_params, kind)
     n_obs, n_all = counts(obs)
-    return {"R_obs": float(r_obs(scaled, obs)), "R_all": float(r_all(scaled, obs)),
-            "wR_all": float(wr_all_paper(scaled, obs)), "wR_all_jana": float(wr_all_jana(scaled, obs)),
-            "GoF": float(goodness_of_fit(scaled, obs, n_params)), "N_obs": n_obs, "N_all": n_all,
-            "scales": [float(x) for x in np.asarray(k)]}
+    out = {name: float(values[name]) for name in ("R_obs", "R_all", "wR_all", "wR_all_jana", "GoF")}
+    return out | {"N_obs": n_obs, "N_all": n_all, "kind": kind, "scales": [float(x) for x in np.asarray(values["k"])]}
+
+
+@partial(jax.jit, static_argnames="kind")
+def _summary_values(i_calc: jax.Array, obs: Observations, n_params, kind: str) -> dict:
+    paper = _scaled(i_calc, obs, "paper")
+    jana = _scaled(i_calc, obs, "jana")
+    chosen = paper if kind == "paper" else jana
+    return {"R_obs": r_obs(chosen, obs), "R_all": r_all(chosen, obs), "wR_all": wr_all_paper(paper, obs),
+            "wR_all_jana": wr_all_jana(jana, obs), "GoF": goodness_of_fit(jana, obs, n_params),
+            "k": frame_scales(i_calc, obs, kind=kind)}

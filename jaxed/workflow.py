@@ -83,7 +83,7 @@ def check_cells(crystal: Crystal, data, tolerance: float) -> str:
 
 def load_problem(structure: str, data_path: str, *, block: str | None = None, scattering: str = "lobato",
                  frames: str | None = None, exp_settings: ExperimentSettings = ExperimentSettings(),
-                 absorption: float = 0.0, cell_tolerance: float = 0.05, log=print):
+                 absorption: float = 0.0, cell_tolerance: float = 0.05, drop_bad_sigma: bool = False, log=print):
     """Read the structure and the data, check them against each other and prepare the experiment.
 
     Returns:
@@ -92,7 +92,7 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     from jaxed.pets import read_pets
 
     crystal, atoms = load_structure(structure, block=block, scattering=scattering)
-    data = read_pets(data_path)
+    data = read_pets(data_path, drop_bad_sigma=drop_bad_sigma)
     log(check_cells(crystal, data, cell_tolerance))
     chosen = parse_frames(frames, len(data.alpha))
     if chosen is not None:
