@@ -31,6 +31,11 @@ from jaxed.thickness import make_thickness_model
 __all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement"]
 
 
+def _strong(tree):
+    """Leaves as JAX arrays with explicit (not weak) dtypes, so that a jitted step sees the same types every call."""
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
 class RefinementDiverged(RuntimeError):
     """A non-finite loss or gradient: the run stopped; the last good checkpoint is kept."""
 
@@ -111,6 +116,7 @@ class Refinement:
         self.params0 = {"structure": p_struct, "thickness": self.thickness.init(key)}
         if config.refine_orientation:
             self.params0["orientation"] = jnp.zeros((experiment.n_frames, 2))
+        self.params0 = _strong(self.params0)
         self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
                                                   jnp.asarray(experiment.refl_mask))
         self.optimizer = self._make_optimizer()
@@ -154,6 +160,10 @@ class Refinement:
                           optax.adam(rate(rates.get(g, self.config.lr)))) for g in self.params0}
         labels = {g: jax.tree_util.tree_map(lambda _, g=g: g, sub) for g, sub in self.params0.items()}
         return optax.multi_transform(transforms, labels)
+
+    def init_state(self, params=None):
+        """Optimiser state for ``params`` (default: the starting parameters), with explicit dtypes."""
+        return _strong(self.optimizer.init(self.params0 if params is None else params))
 
     def make_step(self) -> Callable:
         """The jitted optimiser step ``(params, state) -> (params, state, loss, finite)``; compiles once."""
@@ -233,8 +243,8 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     """
     config = problem.config
     out = None if out is None else Path(out)
-    params = problem.params0
-    state = problem.optimizer.init(params)
+    params = _strong(problem.params0)
+    state = problem.init_state(params)
     history: list = []
     start_epoch = 0
     if resume:
