@@ -148,8 +148,9 @@ def prepare_observations(i_obs: ArrayLike, sigma: ArrayLike, mask: ArrayLike | N
     f_obs = _safe_sqrt(i_eff)
     sigma_f = jnp.where(weak, WEAK_SIGMA_FACTOR * jnp.sqrt(sig),
                         jnp.where(strong, sig / (2.0 * jnp.where(strong, f_obs, 1.0)), 1.0))
-    w_jana = jnp.where(mask, 1.0 / (sigma_f**2 + (u * f_obs) ** 2), 0.0)
-    w_paper = jnp.sqrt(w_jana)  # (σ(√I)² + (u√I)²)^(−1/2); 0 on padding
+    variance_f = sigma_f**2 + (u * f_obs) ** 2  # σ(√I)² + (u√I)² > 0 on real entries, 1 on padding
+    w_paper = jnp.where(mask, 1.0 / jnp.sqrt(variance_f), 0.0)
+    w_jana = jnp.where(mask, 1.0 / variance_f, 0.0)
     observed = mask & (i_raw > OBSERVED_SIGMAS * sig)
     return Observations(i_obs=i_eff, sigma=sig, f_obs=f_obs, sigma_f=sigma_f, w_paper=w_paper, w_jana=w_jana,
                         observed=observed, weak=weak, mask=mask)
@@ -319,13 +320,14 @@ def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params
     R_obs and R_all at the scales of ``kind`` (the residual refined), which are returned as ``scales``.
 
     Returns:
-        {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'N_obs', 'N_all', 'kind', 'scales'}.
+        {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'N_obs', 'N_all', 'scales_kind', 'scales'}.
     """
     _check_kind(kind)
     values = _summary_values(i_calc, obs, n_params, kind)
     n_obs, n_all = counts(obs)
     out = {name: float(values[name]) for name in ("R_obs", "R_all", "wR_all", "wR_all_jana", "GoF")}
-    return out | {"N_obs": n_obs, "N_all": n_all, "kind": kind, "scales": [float(x) for x in np.asarray(values["k"])]}
+    scales = [float(x) for x in np.asarray(values["k"])]
+    return out | {"N_obs": n_obs, "N_all": n_all, "scales_kind": kind, "scales": scales}
 
 
 @partial(jax.jit, static_argnames="kind")
