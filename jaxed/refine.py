@@ -141,7 +141,7 @@ class Refinement:
 
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats)."""
-        return objective.summary(self.intensities(params), self.obs)
+        return objective.summary(self.intensities(params), self.obs, kind=self.config.residual)
 
     # ------------------------------------------------------------------------------------------ optimiser
     def _make_optimizer(self) -> optax.GradientTransformation:
