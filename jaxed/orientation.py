@@ -1,0 +1,180 @@
+"""Per-frame orientation refinement (the reference paper's two searches, and gradients).
+
+Each virtual frame's orientation O_i is corrected by a small lab rotation C_i (O_i ← C_i O_i) chosen to minimise that
+frame's own wR_all (its scale in closed form), with the structure and thickness model held fixed:
+
+* ``nelder_mead``: three angles, C = R_z(ω) R_y(β) R_x(α), scipy's Nelder–Mead per frame (the paper's search).
+  R_z(ω) does not change excitation errors (PHYSICS.md §8.1); it is kept to match the published search.
+* ``hexagonal``: the paper's two-angle scan C = R_z(φ) R_x(θ) R_z(−φ), φ in 60° steps, θ halved when no direction
+  improves; all frames advance together (one batched evaluation per direction).
+* ``gradient``: the two beam-perpendicular tilts of every frame refined by gradient jointly (jaxed.refine with
+  ``refine_orientation=True``); this module's :func:`gradient_tilts` does it with the structure frozen.
+
+All three return a new :class:`Experiment` whose ``base_orientation`` carries the corrections.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import minimize
+
+from jaxed import objective
+from jaxed.experiment import Experiment, integrated_intensities
+from jaxed.geometry import BeamSet, rotation_x, rotation_y, rotation_z
+
+__all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "nelder_mead", "gradient_tilts",
+           "misorientation_deg"]
+
+
+def select_frames(experiment: Experiment, idx) -> Experiment:
+    """The frames ``idx`` of an experiment (array slices; the coupling table is shared)."""
+    idx = np.atleast_1d(np.asarray(idx))
+    b = experiment.beams
+    beams = BeamSet(np.asarray(b.hkl)[idx], np.asarray(b.mask)[idx], np.asarray(b.coupling)[idx], b.hkl_unique)
+    take = lambda x: np.asarray(x)[idx]  # noqa: E731
+    return dataclasses.replace(
+        experiment, beams=beams, base_orientation=take(experiment.base_orientation),
+        sample_rotations=take(experiment.sample_rotations), theta=take(experiment.theta),
+        refl_beam=take(experiment.refl_beam), refl_hkl=take(experiment.refl_hkl), i_obs=take(experiment.i_obs),
+        sigma=take(experiment.sigma), refl_mask=take(experiment.refl_mask),
+        frame_ids=tuple(experiment.frame_ids[i] for i in idx))
+
+
+def with_corrections(experiment: Experiment, corrections: np.ndarray) -> Experiment:
+    """Apply lab rotations C_i (n_frames, 3, 3): O_i ← C_i O_i."""
+    base = np.einsum("fij,fjk->fik", np.asarray(corrections), np.asarray(experiment.base_orientation))
+    return dataclasses.replace(experiment, base_orientation=base)
+
+
+def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation angle [deg] of a bᵀ for stacks of orientation matrices (n, 3, 3) (polar-decomposed first)."""
+    def polar(m):
+        u, _, vt = np.linalg.svd(m)
+        return u @ vt
+
+    rel = np.einsum("fij,fkj->fik", polar(np.asarray(a)), polar(np.asarray(b)))
+    cos = (np.trace(rel, axis1=1, axis2=2) - 1) / 2
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def _make_frame_loss(problem, atoms, obs):
+    """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames."""
+    crystal, bloch = problem.crystal, problem.bloch
+
+    @jax.jit
+    def fn(experiment, thickness):
+        i_calc = integrated_intensities(atoms, crystal, experiment, thickness, bloch)
+        obs_e = objective.prepare_observations(experiment.i_obs, experiment.sigma, experiment.refl_mask)
+        k = objective.frame_scales(i_calc, obs_e)
+        return objective.wr_all_paper(i_calc * k[:, None], obs_e, per_frame=True)
+
+    return fn
+
+
+def frame_losses(problem, params, experiment: Experiment | None = None) -> np.ndarray:
+    """wR_all of every frame (n_frames,) for the problem's model at ``params``."""
+    experiment = problem.experiment if experiment is None else experiment
+    fn = _make_frame_loss(problem, problem.atoms(params), None)
+    return np.asarray(fn(experiment, problem.frame_thickness(params)))
+
+
+def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: float = 0.005,
+                   max_rounds: int = 40, log=None) -> tuple[Experiment, dict]:
+    """The paper's two-angle scan for all frames at once; returns (corrected experiment, info)."""
+    exp = problem.experiment
+    fn = _make_frame_loss(problem, problem.atoms(params), None)
+    thickness = problem.frame_thickness(params)
+    n = exp.n_frames
+    corr = np.tile(np.eye(3), (n, 1, 1))
+    theta = np.full(n, np.deg2rad(theta0_deg))
+    best = np.array(fn(exp, thickness))
+    start = best.copy()
+    evaluations = 1
+    for rnd in range(max_rounds):
+        active = theta >= np.deg2rad(theta_min_deg)
+        if not active.any():
+            break
+        cand_loss, cand_rot = [], []
+        for phi in np.deg2rad(np.arange(0, 360, 60)):
+            rot = np.stack([np.asarray(rotation_z(phi) @ rotation_x(t) @ rotation_z(-phi)) for t in theta])
+            trial = np.einsum("fij,fjk->fik", rot, corr)
+            cand_loss.append(np.asarray(fn(with_corrections(exp, trial), thickness)))
+            cand_rot.append(trial)
+            evaluations += 1
+        cand_loss = np.stack(cand_loss)  # (6, n)
+        pick = np.argmin(cand_loss, axis=0)
+        improved = active & (cand_loss[pick, np.arange(n)] < best)
+        corr[improved] = np.stack(cand_rot)[pick[improved], improved]
+        best[improved] = cand_loss[pick[improved], improved]
+        theta[active & ~improved] /= 2
+        if log:
+            log(f"  hexagonal round {rnd}: mean frame wR {best.mean():.4f}, {improved.sum()} frames improved")
+    info = {"evaluations_batched": evaluations, "frame_wr_start": start, "frame_wr_end": best}
+    return with_corrections(exp, corr), info
+
+
+def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
+                log=None) -> tuple[Experiment, dict]:
+    """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info)."""
+    exp = problem.experiment
+    fn = _make_frame_loss(problem, problem.atoms(params), None)
+    thickness = np.asarray(problem.frame_thickness(params))
+    corr = np.tile(np.eye(3), (exp.n_frames, 1, 1))
+    start, end, fevals = [], [], 0
+    for i in range(exp.n_frames):
+        one = dataclasses.replace(select_frames(exp, [i]), frame_ids=(0,))  # same static data: one compilation
+        t_i = jnp.asarray(thickness[i : i + 1])
+
+        def f(angles):
+            w, b, a = np.deg2rad(angles)
+            c = np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
+            return float(fn(with_corrections(one, c[None]), t_i)[0])
+
+        simplex = np.vstack([np.zeros(3), np.eye(3) * initial_step_deg])
+        res = minimize(f, np.zeros(3), method="Nelder-Mead",
+                       options={"initial_simplex": simplex, "xatol": xatol_deg, "fatol": 1e-7, "maxfev": maxfev})
+        w, b, a = np.deg2rad(res.x)
+        corr[i] = np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
+        start.append(f(np.zeros(3)))
+        end.append(res.fun)
+        fevals += res.nfev
+        if log and i % 10 == 0:
+            log(f"  Nelder–Mead frame {i}: wR {start[-1]:.4f} → {end[-1]:.4f} ({res.nfev} evaluations)")
+    info = {"function_evaluations": fevals, "frame_wr_start": np.array(start), "frame_wr_end": np.array(end)}
+    return with_corrections(exp, corr), info
+
+
+def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, log=None) -> tuple[Experiment, dict]:
+    """Two tilts per frame by Adam on the full loss, structure and thickness frozen."""
+    import optax
+
+    atoms = problem.atoms(params)
+    thickness = problem.frame_thickness(params)
+    exp = problem.experiment
+    obs = problem.obs
+
+    def loss(tilts):
+        i_calc = integrated_intensities(atoms, problem.crystal, exp, thickness, problem.bloch, tilts)
+        return objective.loss(i_calc, obs, per_frame_mean=True)
+
+    opt = optax.adam(lr)
+    tilts = jnp.zeros((exp.n_frames, 2))
+    state = opt.init(tilts)
+
+    @jax.jit
+    def step(tilts, state):
+        value, g = jax.value_and_grad(loss)(tilts)
+        updates, state = opt.update(g, state)
+        return optax.apply_updates(tilts, updates), state, value
+
+    t0 = time.perf_counter()
+    for s in range(steps):
+        tilts, state, value = step(tilts, state)
+        if log and s % 10 == 0:
+            log(f"  gradient step {s}: loss {float(value):.4f} ({time.perf_counter() - t0:.0f} s)")
+    corr = np.stack([np.asarray(rotation_x(d[0]) @ rotation_y(d[1])) for d in np.asarray(tilts)])
+    return with_corrections(exp, corr), {"steps": steps, "tilts_deg": np.rad2deg(np.asarray(tilts))}
