@@ -28,7 +28,8 @@ from jaxed.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
 from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
-__all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "frame_orientations"]
+__all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
+           "frame_orientations"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +213,16 @@ def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Expe
             (e.g. ThicknessNN's reparameterised draws).
         tilt_corrections: optional (n_frames, 2) [rad].
     """
-    dtype = atoms.frac.dtype
     u_ext = potential_table(atoms, crystal, experiment.beams, settings)
+    return intensities_from_table(u_ext, crystal, experiment, thickness, settings, tilt_corrections, normal)
+
+
+def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Experiment, thickness: jax.Array,
+                           settings: BlochSettings, tilt_corrections: jax.Array | None = None,
+                           normal: jax.Array | None = None) -> jax.Array:
+    """As :func:`integrated_intensities`, from a precomputed potential table ``u_ext`` (jaxed.bloch.potential_table):
+    searches that keep the structure fixed (orientations, thickness) compute the Fourier coefficients once."""
+    dtype = jnp.real(u_ext).dtype
     orient = frame_orientations(experiment, tilt_corrections).astype(dtype)
     reciprocal = jnp.asarray(crystal.reciprocal, dtype)
     thickness = jnp.asarray(thickness, dtype)

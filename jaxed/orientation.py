@@ -23,7 +23,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from jaxed import objective
-from jaxed.experiment import Experiment, integrated_intensities
+from jaxed.bloch import potential_table
+from jaxed.experiment import Experiment, intensities_from_table
 from jaxed.geometry import BeamSet, rotation_x, rotation_y, rotation_z
 
 __all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "nelder_mead", "gradient_tilts",
@@ -62,12 +63,14 @@ def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _make_frame_loss(problem, atoms, obs):
-    """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames."""
+    """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames; the Fourier
+    coefficients of the (fixed) structure are computed once."""
     crystal, bloch = problem.crystal, problem.bloch
+    u_ext = potential_table(atoms, crystal, problem.experiment.beams, bloch)
 
     @jax.jit
     def fn(experiment, thickness):
-        i_calc = integrated_intensities(atoms, crystal, experiment, thickness, bloch)
+        i_calc = intensities_from_table(u_ext, crystal, experiment, thickness, bloch)
         obs_e = objective.prepare_observations(experiment.i_obs, experiment.sigma, experiment.refl_mask)
         k = objective.frame_scales(i_calc, obs_e)
         return objective.wr_all_paper(i_calc * k[:, None], obs_e, per_frame=True)
@@ -157,8 +160,10 @@ def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, log=No
     exp = problem.experiment
     obs = problem.obs
 
+    u_ext = potential_table(atoms, problem.crystal, exp.beams, problem.bloch)
+
     def loss(tilts):
-        i_calc = integrated_intensities(atoms, problem.crystal, exp, thickness, problem.bloch, tilts)
+        i_calc = intensities_from_table(u_ext, problem.crystal, exp, thickness, problem.bloch, tilts)
         return objective.loss(i_calc, obs, per_frame_mean=True)
 
     opt = optax.adam(lr)
