@@ -1,8 +1,16 @@
-"""PETS2 `.cif_pets` files (docs/PETS.md): reading with gemmi's CIF parser, validation, writing.
+"""PETS2 `.cif_pets` files (docs/PETS.md): reading with gemmi's CIF parser, validation, writing, frame geometry.
 
-Geometry (verified on the real files, docs/PETS.md): UB columns are a*, b*, c* [Å⁻¹, no 2π]; frame i has
-R_i = R_x(α_i) R_y(β_i) (active, degrees in the file), g_lab = R_i · UB · h, the electrons travel along lab −z and the
-tabulated [uvw] satisfies A·uvw ∥ R_iᵀ ẑ with A = inv(UB)ᵀ (columns a, b, c).
+Geometry (verified on the real files, docs/PETS.md): UB columns are a*, b*, c* [Å⁻¹, no 2π] in the lab frame at zero
+tilt; frame i has R_i = R_x(α_i) R_y(β_i) (active, right-handed, degrees in the file) and g_lab = R_i · UB · h; the
+electrons travel along lab −z, so s_g = g_z − |g|²/(2K) with K = 1/λ; the tabulated zone axis [uvw] satisfies
+A·uvw ∥ R_iᵀ ẑ with A = inv(UB)ᵀ (columns a, b, c): it points from the crystal towards the source.
+
+This module is numpy only. Its rotation helpers take degrees (the unit of the file), unlike
+:mod:`jaxed.geometry`, whose rotations take radians.
+
+Every problem with a file is a :class:`~jaxed.errors.JaxedInputError` with a one-line message naming the file and
+the tag (or loop row) at fault. Soft inconsistencies (UB cell vs ``_cell_*``, wavelength vs a stated voltage, a
+tabulated [uvw] off the UB geometry) are one-line :class:`UserWarning`\\ s.
 """
 from __future__ import annotations
 
@@ -15,30 +23,185 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from jaxed.constants import energy_from_wavelength
+from jaxed.constants import wavelength as _wavelength_from_kv
 from jaxed.errors import JaxedInputError
-from jaxed.geometry import excitation_errors as _excitation_errors
-from jaxed.geometry import rotation_x, rotation_y
 
-__all__ = ["PetsData", "read_pets", "write_pets", "frame_rotation", "beam_uvw", "excitation_errors", "cell_from_ub"]
+__all__ = [
+    "PetsData",
+    "read_pets",
+    "write_pets",
+    "rotation_x",
+    "rotation_y",
+    "rotation_z",
+    "frame_rotation",
+    "beam_uvw",
+    "excitation_errors",
+    "cell_from_ub",
+    "check_cell_match",
+]
 
+_CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
+              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+_UB_TAGS = tuple(f"_diffrn_orient_matrix_UB_{i}{j}" for i in (1, 2, 3) for j in (1, 2, 3))
+_FRAME_PREFIX = "_diffrn_zone_axis_"
 _FRAME_TAGS = ("id", "u", "v", "w", "precession_angle", "alpha", "beta", "omega", "scale")
+_FRAME_OPTIONAL = {"omega": 0.0, "scale": 1.0}  # absent column → this value for every frame
+_REFL_PREFIX = "_refln_"
 _REFL_TAGS = ("index_h", "index_k", "index_l", "intensity_meas", "intensity_sigma", "zone_axis_id")
+_GEOMETRY_KEY = "data collection geometry"
+_VOLTAGE_TAG = "_diffrn_source_voltage"  # CIF core, [kV]
+_VOLTAGE_DETAIL_KEYS = ("voltage", "accelerating voltage", "high tension", "energy")  # in the details text, [kV]
+_UVW_WARN_DEG = 0.1  # tabulated [uvw] vs the UB geometry: the real files agree to < 0.01°
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Geometry (numpy, pure)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _rotation(axis: int, angle_deg) -> np.ndarray:
+    t = np.deg2rad(np.asarray(angle_deg, dtype=np.float64))
+    c, s = np.cos(t), np.sin(t)
+    i, j = [(1, 2), (0, 2), (0, 1)][axis]
+    if axis == 1:  # R_y: z → x is the positive sense, so the sine signs are swapped relative to x and z
+        s = -s
+    r = np.zeros(t.shape + (3, 3))
+    r[..., axis, axis] = 1.0
+    r[..., i, i] = c
+    r[..., j, j] = c
+    r[..., i, j] = -s
+    r[..., j, i] = s
+    return r
+
+
+def rotation_x(angle_deg) -> np.ndarray:
+    """Active right-handed rotation about x by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
+    return _rotation(0, angle_deg)
+
+
+def rotation_y(angle_deg) -> np.ndarray:
+    """Active right-handed rotation about y by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
+    return _rotation(1, angle_deg)
+
+
+def rotation_z(angle_deg) -> np.ndarray:
+    """Active right-handed rotation about z by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
+    return _rotation(2, angle_deg)
+
+
+def frame_rotation(alpha_deg, beta_deg) -> np.ndarray:
+    """Orientation of a PETS frame, R = R_x(α) · R_y(β) (α, β [deg]); (3, 3), or (..., 3, 3) for arrays.
+
+    g_lab = R · UB · h is the reciprocal vector of h in the lab frame of that frame [Å⁻¹].
+    """
+    return rotation_x(alpha_deg) @ rotation_y(beta_deg)
+
+
+def beam_uvw(ub: np.ndarray, alpha_deg, beta_deg) -> np.ndarray:
+    """Zone axis [uvw] of a frame in direct-lattice coordinates, scaled so that its largest component is ±1.
+
+    It solves A·uvw = R_iᵀ ẑ with A = inv(UB)ᵀ (columns a, b, c [Å]): the lab +z axis (towards the source) expressed
+    in the crystal at the frame's orientation. This is PETS2's convention for the tabulated [uvw].
+
+    Args:
+        ub: (3, 3) [Å⁻¹], columns a*, b*, c*.
+        alpha_deg, beta_deg: goniometer tilt α and tilt correction β [deg]; scalars or arrays of one shape.
+
+    Returns:
+        (3,) for scalar angles, (..., 3) for arrays [–].
+    """
+    ub = np.asarray(ub, dtype=np.float64)
+    beam_lab = np.swapaxes(frame_rotation(alpha_deg, beta_deg), -1, -2)[..., :, 2]  # R_iᵀ ẑ
+    uvw = beam_lab @ ub  # inv(A) = UBᵀ, so uvw = UBᵀ · (Rᵀ ẑ), written for row vectors
+    return uvw / np.max(np.abs(uvw), axis=-1, keepdims=True)
+
+
+def excitation_errors(ub: np.ndarray, alpha_deg, beta_deg, hkl, wavelength: float) -> np.ndarray:
+    """Excitation errors s_g [Å⁻¹] of ``hkl`` at frame orientation R = R_x(α)R_y(β), electrons along lab −z.
+
+    g_lab = R·UB·h and s_g = (K² − |k₀ + g|²)/(2K) = g_z − |g|²/(2K) with k₀ = −Kẑ, K = 1/λ; positive inside the
+    Ewald sphere.
+
+    Args:
+        ub: (3, 3) [Å⁻¹].  alpha_deg, beta_deg: [deg]; scalars, or arrays broadcasting with ``hkl``'s rows (e.g.
+            ``data.alpha[data.frame_index]`` to evaluate every reflection at its own frame).
+        hkl: (..., 3) Miller indices.  wavelength: λ [Å].
+
+    Returns:
+        (...,) [Å⁻¹].
+    """
+    rot = frame_rotation(alpha_deg, beta_deg)
+    g = np.einsum("...ij,jk,...k->...i", rot, np.asarray(ub, np.float64), np.asarray(hkl, np.float64))
+    return g[..., 2] - np.sum(g * g, axis=-1) * (0.5 * wavelength)
+
+
+def cell_from_ub(ub: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """Direct cell (a, b, c [Å], α, β, γ [deg]) of the lattice whose reciprocal basis is the columns of UB."""
+    direct = np.linalg.inv(np.asarray(ub, dtype=np.float64)).T  # columns a, b, c
+    a, b, c = direct.T
+    lengths = [float(np.linalg.norm(v)) for v in (a, b, c)]
+
+    def angle(x: np.ndarray, y: np.ndarray) -> float:
+        cos = x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
+        return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+    return (lengths[0], lengths[1], lengths[2], angle(b, c), angle(a, c), angle(a, b))
+
+
+def _cell_difference(cell, reference) -> tuple[float, float]:
+    """(largest relative length difference [–], largest angle difference [deg]) of two cells."""
+    x = np.asarray(cell, dtype=np.float64)
+    y = np.asarray(reference, dtype=np.float64)
+    return float(np.max(np.abs(x[:3] - y[:3]) / y[:3])), float(np.max(np.abs(x[3:] - y[3:])))
+
+
+def _fmt_cell(cell) -> str:
+    return ", ".join(f"{v:.4f}" for v in cell[:3]) + ", " + ", ".join(f"{v:.3f}" for v in cell[3:])
+
+
+def check_cell_match(structure_cell, data_cell, tolerance: float = 0.02) -> str:
+    """Compare a structure's cell with a data set's; return a one-line summary, raise beyond ``tolerance``.
+
+    Lengths are compared relatively (|Δa|/a_data ≤ tolerance); angles absolutely in degrees, with an allowance of
+    ``100 × tolerance`` [deg] (0.02 → 2°). Cells are compared as given (same setting, same order of axes).
+
+    Raises:
+        JaxedInputError: when either limit is exceeded.
+    """
+    rel, dang = _cell_difference(structure_cell, data_cell)
+    line = (f"cell of the structure ({_fmt_cell(structure_cell)}) vs the data ({_fmt_cell(data_cell)}): "
+            f"lengths differ by {100 * rel:.2f} % at most, angles by {dang:.3f}° at most")
+    if rel > tolerance or dang > 100 * tolerance:
+        raise JaxedInputError(f"{line}; expected within {100 * tolerance:.2g} % and {100 * tolerance:.3g}°")
+    return line
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PetsData:
-    """Contents of a `.cif_pets` file (host arrays).
+    """Contents of a `.cif_pets` file: frames (virtual frames of PETS2) and the reflections listed in each.
 
     Attributes:
-        path: source file.  cell: (a, b, c [Å], α, β, γ [deg]).  wavelength: λ [Å].
-        ub: (3, 3) [Å⁻¹], columns a*, b*, c* in the lab frame at zero tilt.
-        frame_id: (n_frames,) ids of the file.  uvw: (n_frames, 3) zone axes.  precession_angle: (n_frames,) [deg]
-            (the integration semi-angle for continuous rotation).  alpha, beta, omega: (n_frames,) [deg].
-        frame_scale: (n_frames,) PETS's frame scale.
-        hkl: (n_refl, 3) int.  intensity, sigma: (n_refl,) [counts].  frame_index: (n_refl,) 0-based frame.
-        geometry: 'continuous rotation', 'precession', ...  details: parsed measurement details.
-        energy_kev: accelerating voltage if the file states one, else None.
+        path: the source file (or a label such as ``'<synthetic>'``).
+        cell: (a, b, c [Å], α, β, γ [deg]) from ``_cell_*``.
+        wavelength: λ [Å].
+        ub: (3, 3) [Å⁻¹], columns a*, b*, c* in the lab frame at zero tilt (no 2π).
+        frame_id: (n_frames,) int, the file's ``_diffrn_zone_axis_id``.
+        uvw: (n_frames, 3) tabulated zone axes [–] (towards the source; see :func:`beam_uvw`).
+        precession_angle: (n_frames,) [deg]; for continuous rotation, the integration semi-angle of the frame.
+        alpha: (n_frames,) goniometer tilt about lab x [deg].  beta: (n_frames,) tilt correction about y [deg].
+        omega: (n_frames,) azimuth of the tilt axis on the detector [deg] (does not change excitation errors).
+        frame_scale: (n_frames,) PETS2's frame scale [–].
+        hkl: (n_refl, 3) int.  intensity: (n_refl,) [counts], may be negative.  sigma: (n_refl,) [counts], > 0.
+        frame_index: (n_refl,) int, 0-based index into the frame arrays (from ``_refln_zone_axis_id``).
+        geometry: ``'continuous rotation'``, ``'precession'`` or as the file states it.
+        details: the other ``key: value`` items of ``_diffrn_measurement_details`` (floats where numeric), e.g.
+            ``dstarmax`` [Å⁻¹], ``RC width`` [Å⁻¹], ``mosaicity`` [deg], ``rotation axis position`` [deg],
+            ``reflection size`` [px], ``number of merged frames``, ``step between frames``.
+        energy_kev: accelerating voltage [kV] if the file states one (``_diffrn_source_voltage``), else None.
+        pets_omega: ``_diffrn_pets_omega`` [deg] if present, else None.
     """
 
     path: str
@@ -59,227 +222,364 @@ class PetsData:
     geometry: str = "continuous rotation"
     details: dict = dataclasses.field(default_factory=dict)
     energy_kev: float | None = None
+    pets_omega: float | None = None
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("cell", tuple(float(x) for x in self.cell))
+        put("wavelength", float(self.wavelength))
+        put("ub", np.asarray(self.ub, dtype=np.float64).reshape(3, 3))
+        put("frame_id", np.asarray(self.frame_id, dtype=np.int64).reshape(-1))
+        n = len(self.frame_id)
+        put("uvw", np.asarray(self.uvw, dtype=np.float64).reshape(n, 3))
+        for name in ("precession_angle", "alpha", "beta", "omega", "frame_scale"):
+            arr = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
+            if arr.shape != (n,):
+                raise ValueError(f"PetsData.{name}: expected {n} values (one per frame), got {arr.shape[0]}")
+            put(name, arr)
+        put("hkl", np.asarray(self.hkl, dtype=np.int64).reshape(-1, 3))
+        m = len(self.hkl)
+        for name, dtype in (("intensity", np.float64), ("sigma", np.float64), ("frame_index", np.int64)):
+            arr = np.asarray(getattr(self, name), dtype=dtype).reshape(-1)
+            if arr.shape != (m,):
+                raise ValueError(f"PetsData.{name}: expected {m} values (one per reflection), got {arr.shape[0]}")
+            put(name, arr)
+        if m and (self.frame_index.min() < 0 or self.frame_index.max() >= n):
+            raise ValueError(f"PetsData.frame_index: expected values in [0, {n}), got "
+                             f"[{self.frame_index.min()}, {self.frame_index.max()}]")
+        put("details", dict(self.details))
 
     @property
     def n_frames(self) -> int:
-        return len(self.alpha)
+        """Number of frames."""
+        return len(self.frame_id)
 
     @property
     def n_refl(self) -> int:
-        return len(self.intensity)
+        """Number of observations (frame × hkl rows)."""
+        return len(self.hkl)
+
+    def rotations(self) -> np.ndarray:
+        """Frame orientations R_i = R_x(α_i) R_y(β_i), (n_frames, 3, 3)."""
+        return frame_rotation(self.alpha, self.beta)
 
     def subset_frames(self, indices) -> "PetsData":
-        """The chosen frames (0-based) and their reflections, frame_index renumbered."""
-        indices = np.asarray(indices, dtype=int)
-        remap = np.full(self.n_frames, -1)
+        """The chosen frames (0-based indices, negative ones count from the end, in the given order) and their
+        reflections, frame_index renumbered. Reflections keep their file order; frame ids are kept.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < -self.n_frames or indices.max() >= self.n_frames):
+            raise JaxedInputError(f"{self.path}: frame indices {indices.min()}..{indices.max()} out of range "
+                                  f"for {self.n_frames} frames (0-based)")
+        indices = indices % max(self.n_frames, 1)
+        if len(np.unique(indices)) != len(indices):
+            raise JaxedInputError(f"{self.path}: frame indices must not repeat")
+        remap = np.full(self.n_frames, -1, dtype=np.int64)
         remap[indices] = np.arange(len(indices))
-        keep = remap[self.frame_index] >= 0
+        new_index = remap[self.frame_index]
+        keep = new_index >= 0
         return dataclasses.replace(
-            self, frame_id=self.frame_id[indices], uvw=self.uvw[indices], precession_angle=self.precession_angle[indices],
-            alpha=self.alpha[indices], beta=self.beta[indices], omega=self.omega[indices],
-            frame_scale=self.frame_scale[indices], hkl=self.hkl[keep], intensity=self.intensity[keep],
-            sigma=self.sigma[keep], frame_index=remap[self.frame_index[keep]])
+            self, frame_id=self.frame_id[indices], uvw=self.uvw[indices],
+            precession_angle=self.precession_angle[indices], alpha=self.alpha[indices], beta=self.beta[indices],
+            omega=self.omega[indices], frame_scale=self.frame_scale[indices], hkl=self.hkl[keep],
+            intensity=self.intensity[keep], sigma=self.sigma[keep], frame_index=new_index[keep])
 
 
-def frame_rotation(alpha_deg: float, beta_deg: float) -> np.ndarray:
-    """R = R_x(α) R_y(β), (3, 3) (docs/PETS.md)."""
-    return np.asarray(rotation_x(math.radians(alpha_deg)) @ rotation_y(math.radians(beta_deg)))
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------
 
-
-def beam_uvw(ub: np.ndarray, alpha_deg: float, beta_deg: float) -> np.ndarray:
-    """Zone axis [uvw] (direct lattice, towards the source) of a frame, unit-normalised as a Cartesian direction."""
-    direct = np.linalg.inv(np.asarray(ub)).T
-    beam = frame_rotation(alpha_deg, beta_deg).T @ np.array([0.0, 0.0, 1.0])
-    uvw = np.linalg.solve(direct, beam)
-    return uvw / np.abs(uvw).max()
-
-
-def excitation_errors(ub: np.ndarray, alpha_deg: float, beta_deg: float, hkl: np.ndarray, wavelength: float) -> np.ndarray:
-    """s_g [Å⁻¹] of ``hkl`` (n, 3) in a frame: g_lab = R·UB·h, electrons along −z."""
-    g = np.asarray(hkl, float) @ (frame_rotation(alpha_deg, beta_deg) @ np.asarray(ub)).T
-    return np.asarray(_excitation_errors(g, 1.0 / wavelength))
-
-
-def cell_from_ub(ub: np.ndarray) -> tuple:
-    """(a, b, c [Å], α, β, γ [deg]) of the direct cell described by UB."""
-    direct = np.linalg.inv(np.asarray(ub)).T
-    a, b, c = (direct[:, i] for i in range(3))
-    length = [float(np.linalg.norm(v)) for v in (a, b, c)]
-
-    def angle(x, y):
-        return float(np.degrees(np.arccos(np.clip(x @ y / np.linalg.norm(x) / np.linalg.norm(y), -1, 1))))
-
-    return (*length, angle(b, c), angle(a, c), angle(a, b))
-
-
-def _number(text: str, where: str) -> float:
-    try:
-        return float(gemmi.cif.as_number(text)) if text not in ("?", ".") else float("nan")
-    except (RuntimeError, ValueError):
-        raise JaxedInputError(f"{where}: '{text}' is not a number") from None
+def _parse_number(text: str) -> float:
+    """A CIF numeric value (standard uncertainty in brackets allowed) or NaN for '?' / '.'; raises ValueError."""
+    if text in ("?", "."):
+        return float("nan")
+    return float(re.sub(r"\(\d+\)$", "", gemmi.cif.as_string(text)))
 
 
 def _parse_details(text: str) -> tuple[str, dict]:
-    details: dict = {}
-    geometry = ""
-    for line in text.replace("\r", "").splitlines():
-        for part in re.split(r"(?<=\S)\s{2,}(?=[A-Za-z])", line.strip()):
-            if ":" not in part:
-                continue
-            key, _, value = part.rpartition(":") if part.count(":") > 1 else part.partition(":")
-            key = key.split(":")[-1].strip().lower()
-            value = value.strip()
-            try:
-                details[key] = float(value)
-            except ValueError:
-                details[key] = value
-            if key == "data collection geometry":
-                geometry = value
+    """(geometry, {key: value}) from the free text of ``_diffrn_measurement_details``.
+
+    Each line holds ``key: value``; a line may carry a group label first (``Virtual frame settings: number of
+    merged frames: 6``), in which case the last key is used. Numeric values become floats.
+    """
+    geometry, details = "", {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(":")]
+        if len(parts) < 2 or not parts[-2]:
+            continue
+        key, value = re.sub(r"\s+", " ", parts[-2]), parts[-1]
+        try:
+            parsed: float | str = float(value)
+        except ValueError:
+            parsed = value
+        if key.lower() == _GEOMETRY_KEY:
+            geometry = value
+        else:
+            details[key] = parsed
     return geometry, details
 
 
-def read_pets(path: str | Path, *, cell_tolerance: float = 0.01, drop_bad_sigma: bool = False) -> PetsData:
-    """Read and validate a `.cif_pets` file; every problem is a one-line :class:`JaxedInputError`.
+class _Reader:
+    """Holds the file name and the block so that every message names them the same way."""
 
-    Args:
-        cell_tolerance: relative difference between the UB cell and ``_cell_*`` above which a warning is given
-            (an error beyond 10×).
-        drop_bad_sigma: drop reflections with σ ≤ 0 (with a warning) instead of refusing the file. The reference
-            paper's synthetic sets contain a few σ = 0 rows (I = 0, σ = √I).
-    """
-    path = Path(path)
-    where = str(path)
-    if not path.is_file():
-        raise JaxedInputError(f"{where}: no such file")
-    try:
-        doc = gemmi.cif.read(str(path))
-        block = doc.sole_block()
-    except (RuntimeError, ValueError) as exc:
-        raise JaxedInputError(f"{where}: not a readable CIF ({str(exc).splitlines()[0]})") from None
+    def __init__(self, path: Path):
+        self.where = str(path)
+        if not path.is_file():
+            raise JaxedInputError(f"{self.where}: no such file")
+        try:
+            doc = gemmi.cif.read(str(path))
+        except (RuntimeError, ValueError, IndexError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            found = re.search(r":(\d+):\d+(?:\(\d+\))?:\s*(.*)$", msg)
+            detail = f"line {found.group(1)}: {found.group(2)}" if found else msg
+            raise JaxedInputError(f"{self.where}: not a readable CIF ({detail})") from None
+        if len(doc) == 0:
+            raise JaxedInputError(f"{self.where}: not a readable CIF (no data_ block); expected a PETS2 .cif_pets")
+        blocks = [b for b in doc if len(b.find_values(_REFL_PREFIX + "index_h")) > 0]
+        self.block = blocks[0] if blocks else doc[0]
 
-    def value(tag: str, required: bool = True) -> float | None:
-        v = block.find_value(tag)
-        if v is None:
-            if required:
-                raise JaxedInputError(f"{where}: missing {tag}")
-            return None
-        x = _number(v, f"{where}: {tag}")
+    def has(self, tag: str) -> bool:
+        return len(self.block.find_values(tag)) > 0
+
+    def require(self, tags) -> None:
+        missing = [t for t in tags if not self.has(t)]
+        if missing:
+            raise JaxedInputError(f"{self.where}: missing {', '.join(missing)}; expected a PETS2 .cif_pets")
+
+    def scalar(self, tag: str) -> float:
+        values = self.block.find_values(tag)
+        if len(values) != 1:
+            raise JaxedInputError(f"{self.where}: {tag}: expected one value, got {len(values)}")
+        try:
+            x = _parse_number(values[0])
+        except ValueError:
+            raise JaxedInputError(f"{self.where}: {tag} = {values[0]!r}: expected a number") from None
         if not math.isfinite(x):
-            raise JaxedInputError(f"{where}: {tag} = {v}: expected a finite number")
+            raise JaxedInputError(f"{self.where}: {tag} = {values[0]!r}: expected a finite number")
         return x
 
-    cell = tuple(value(f"_cell_{t}") for t in ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta",
-                                                 "angle_gamma"))
-    wavelength = value("_diffrn_radiation_wavelength")
-    if not wavelength > 0:
-        raise JaxedInputError(f"{where}: _diffrn_radiation_wavelength = {wavelength}: expected > 0 [Å]")
-    ub = np.array([[value(f"_diffrn_orient_matrix_UB_{i}{j}") for j in (1, 2, 3)] for i in (1, 2, 3)])
+    def column(self, tag: str) -> np.ndarray:
+        """A loop column as float64; every value must be a finite number."""
+        text = list(self.block.find_values(tag))
+        try:
+            arr = np.array(text, dtype=np.float64)
+        except ValueError:
+            arr = np.empty(len(text))
+            for row, item in enumerate(text):
+                try:
+                    arr[row] = _parse_number(item)
+                except ValueError:
+                    raise JaxedInputError(f"{self.where}: {tag}, loop row {row + 1}: {item!r} is not a number") \
+                        from None
+        bad = np.nonzero(~np.isfinite(arr))[0]
+        if len(bad):
+            raise JaxedInputError(f"{self.where}: {tag}: {len(bad)} non-finite value(s), first in loop row "
+                                  f"{bad[0] + 1} ({text[bad[0]]!r}); expected finite numbers")
+        return arr
+
+    def integers(self, tag: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` (the parsed column ``tag``) as int64; every value must be a whole number."""
+        bad = np.nonzero(arr != np.rint(arr))[0]
+        if len(bad):
+            raise JaxedInputError(f"{self.where}: {tag}, loop row {bad[0] + 1}: {arr[bad[0]]!r}; expected an integer")
+        return np.rint(arr).astype(np.int64)
+
+    def loop(self, prefix: str, tags, optional: dict | None = None) -> dict:
+        optional = optional or {}
+        self.require([prefix + t for t in tags if t not in optional])
+        cols = {t: self.column(prefix + t) for t in tags if self.has(prefix + t)}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) != 1:
+            raise JaxedInputError(f"{self.where}: the {prefix}* columns have different lengths {sorted(lengths)}; "
+                                  "expected one loop")
+        n = lengths.pop()
+        for t, default in optional.items():
+            cols.setdefault(t, np.full(n, default))
+        return cols
+
+
+def read_pets(path: str | Path, *, cell_tolerance: float = 0.01, drop_bad_sigma: bool = False) -> PetsData:
+    """Read and validate a PETS2 `.cif_pets` file (LF or CRLF line ends).
+
+    Args:
+        path: the file.
+        cell_tolerance: allowed difference between the cell of the UB matrix and ``_cell_*``: relative on lengths,
+            ``100 × cell_tolerance`` [deg] on angles. Beyond it a one-line warning (the UB is used for the
+            geometry); beyond 10× it a :class:`JaxedInputError`.
+        drop_bad_sigma: drop reflections with σ ≤ 0 with a warning instead of refusing the file (the reference
+            paper's synthetic sets contain a few σ = 0 rows with I = 0).
+
+    Returns:
+        :class:`PetsData`.
+
+    Raises:
+        JaxedInputError: a missing or unreadable file, missing tags, non-numeric or non-finite values, σ ≤ 0,
+            reflections of unknown frames, duplicate frame ids, a singular UB or a UB far from the cell.
+    """
+    path = Path(path)
+    r = _Reader(path)
+    where = r.where
+
+    r.require(_CELL_TAGS + ("_diffrn_radiation_wavelength",) + _UB_TAGS)
+    cell = tuple(r.scalar(t) for t in _CELL_TAGS)
+    if min(cell[:3]) <= 0 or not all(0 < x < 180 for x in cell[3:]):
+        raise JaxedInputError(f"{where}: _cell_*: ({_fmt_cell(cell)}): expected positive lengths [Å] and angles in "
+                              "(0, 180) [deg]")
+    lam = r.scalar("_diffrn_radiation_wavelength")
+    if lam <= 0:
+        raise JaxedInputError(f"{where}: _diffrn_radiation_wavelength = {lam}: expected > 0 [Å]")
+    ub = np.array([r.scalar(t) for t in _UB_TAGS]).reshape(3, 3)
     if abs(np.linalg.det(ub)) < 1e-12:
-        raise JaxedInputError(f"{where}: _diffrn_orient_matrix_UB is singular")
-    details_text = block.find_value("_diffrn_measurement_details")
+        raise JaxedInputError(f"{where}: _diffrn_orient_matrix_UB_ij: the matrix is singular; expected columns "
+                              "a*, b*, c* [Å⁻¹]")
+    pets_omega = r.scalar("_diffrn_pets_omega") if r.has("_diffrn_pets_omega") else None
+
+    details_text = r.block.find_value("_diffrn_measurement_details")
     geometry, details = _parse_details(gemmi.cif.as_string(details_text) if details_text else "")
-    energy = None
-    for tag in ("_diffrn_radiation_energy", "_diffrn_source_voltage"):
-        v = value(tag, required=False)
-        if v is not None:
-            energy = v if tag.endswith("voltage") else v
-    if energy is not None:
-        expected = energy_from_wavelength(wavelength)
-        if abs(expected - energy) / energy > 0.01:
-            warnings.warn(f"{where}: wavelength {wavelength} Å means {expected:.1f} kV, the file states {energy} kV; "
-                          "the wavelength is used", stacklevel=2)
 
-    def table(prefix: str, tags: tuple, required: tuple) -> dict:
-        names = [prefix + t for t in tags]
-        missing = [n for n, t in zip(names, tags) if t in required and block.find_loop(n).get_loop() is None
-                   and len(block.find_values(n)) == 0]
-        if missing:
-            raise JaxedInputError(f"{where}: missing {', '.join(missing)}")
-        present = [n for n in names if len(block.find_values(n)) > 0]
-        tab = block.find(present)
-        out = {}
-        for col, n in enumerate(present):
-            text = list(tab.column(col))
-            try:
-                arr = np.array(text, dtype=np.float64)
-            except ValueError:  # locate the offending row for the message
-                for row_no, item in enumerate(text):
-                    _number(item, f"{where}: {n} (row {row_no + 1})")
-                raise
-            if not np.all(np.isfinite(arr)):
-                bad = int(np.argmax(~np.isfinite(arr)))
-                raise JaxedInputError(f"{where}: {n}: non-finite value in row {bad + 1}")
-            out[n[len(prefix):]] = arr
-        return out
-
-    frames = table("_diffrn_zone_axis_", _FRAME_TAGS, ("id", "alpha"))
-    refl = table("_refln_", _REFL_TAGS, _REFL_TAGS)
-    sigma = refl["intensity_sigma"]
-    if np.any(sigma <= 0):
-        bad = np.nonzero(sigma <= 0)[0]
-        line = f"{where}: _refln_intensity_sigma ≤ 0 in {len(bad)} rows (first: row {bad[0] + 1})"
-        if not drop_bad_sigma:
-            raise JaxedInputError(line + "; expected σ > 0 (or drop them with --drop-bad-sigma)")
-        warnings.warn(line + "; those reflections are dropped", stacklevel=2)
-        good = sigma > 0
-        refl = {k: v[good] for k, v in refl.items()}
-        sigma = refl["intensity_sigma"]
-    n_frames = len(frames["id"])
-    zeros = np.zeros(n_frames)
-    alpha = frames["alpha"]
-    beta = frames.get("beta", zeros)
-    uvw = (np.stack([frames["u"], frames["v"], frames["w"]], axis=1) if "u" in frames
-           else np.array([beam_uvw(ub, a, b) for a, b in zip(alpha, beta)]))
-    frame_id = frames["id"].astype(int)
-    if len(set(frame_id.tolist())) != n_frames:
-        raise JaxedInputError(f"{where}: _diffrn_zone_axis_id: duplicate frame ids")
-    lookup = {f: i for i, f in enumerate(frame_id)}
-    zone = refl["zone_axis_id"].astype(int)
-    unknown = sorted(set(zone.tolist()) - set(lookup))
-    if unknown:
-        count = int(np.isin(zone, unknown).sum())
-        raise JaxedInputError(f"{where}: _refln_zone_axis_id {unknown[0]} has no frame in _diffrn_zone_axis_id "
-                              f"({count} reflections, {len(unknown)} unknown ids)")
+    # the cell of the UB must describe the same lattice as _cell_*
     ub_cell = cell_from_ub(ub)
-    rel = max(abs(x - y) / y for x, y in zip(ub_cell[:3], cell[:3]))
-    ang = max(abs(x - y) for x, y in zip(ub_cell[3:], cell[3:]))
-    if rel > cell_tolerance or ang > 100 * cell_tolerance:
-        line = (f"{where}: the UB cell ({', '.join(f'{x:.4f}' for x in ub_cell)}) differs from _cell_* by "
-                f"{100 * rel:.2f} % / {ang:.2f}°")
-        if rel > 10 * cell_tolerance or ang > 1000 * cell_tolerance:
-            raise JaxedInputError(line + "; expected agreement within a few %")
-        warnings.warn(line + "; the UB is used for the geometry", stacklevel=2)
-    hkl = np.stack([refl["index_h"], refl["index_k"], refl["index_l"]], axis=1)
-    if np.any(hkl != np.rint(hkl)):
-        raise JaxedInputError(f"{where}: _refln_index_*: expected integer Miller indices")
+    rel, dang = _cell_difference(ub_cell, cell)
+    if rel > cell_tolerance or dang > 100 * cell_tolerance:
+        line = (f"{where}: the UB cell ({_fmt_cell(ub_cell)}) differs from _cell_* ({_fmt_cell(cell)}) by "
+                f"{100 * rel:.2f} % in length and {dang:.3f}° in angle")
+        if rel > 10 * cell_tolerance or dang > 1000 * cell_tolerance:
+            raise JaxedInputError(f"{line}; expected agreement within {1000 * cell_tolerance:.3g} % / "
+                                  f"{1000 * cell_tolerance:.3g}°")
+        warnings.warn(f"{line} (tolerance {100 * cell_tolerance:.3g} %); the UB is used for the geometry",
+                      stacklevel=2)
+
+    # an accelerating voltage, if the file states one, must agree with the wavelength
+    energy = None
+    if r.has(_VOLTAGE_TAG):
+        energy, source = r.scalar(_VOLTAGE_TAG), _VOLTAGE_TAG
+    else:
+        for key, value in details.items():
+            if key.lower() in _VOLTAGE_DETAIL_KEYS and isinstance(value, float):
+                energy, source = value, f"_diffrn_measurement_details '{key}'"
+                break
+    if energy is not None:
+        if not energy > 0:
+            raise JaxedInputError(f"{where}: {source} = {energy}: expected a voltage > 0 [kV]")
+        expected = _wavelength_from_kv(energy)
+        if abs(expected - lam) / lam > 0.005:
+            warnings.warn(f"{where}: {source} = {energy:g} kV means λ = {expected:.5f} Å but "
+                          f"_diffrn_radiation_wavelength = {lam:.5f} Å; the wavelength is used", stacklevel=2)
+
+    # frames
+    frames = r.loop(_FRAME_PREFIX, _FRAME_TAGS, _FRAME_OPTIONAL)
+    frame_id = r.integers(_FRAME_PREFIX + "id", frames["id"])
+    ids, counts = np.unique(frame_id, return_counts=True)
+    if np.any(counts > 1):
+        raise JaxedInputError(f"{where}: {_FRAME_PREFIX}id {ids[counts > 1][0]} appears {counts[counts > 1][0]} "
+                              "times; expected unique frame ids")
+    uvw = np.stack([frames["u"], frames["v"], frames["w"]], axis=1)
+    if np.any(np.all(uvw == 0, axis=1)):
+        row = int(np.nonzero(np.all(uvw == 0, axis=1))[0][0])
+        raise JaxedInputError(f"{where}: {_FRAME_PREFIX}u/v/w, loop row {row + 1}: [0 0 0]; expected a direction")
+    computed = beam_uvw(ub, frames["alpha"], frames["beta"])
+    cos = np.einsum("ij,ij->i", uvw @ np.linalg.inv(ub), computed @ np.linalg.inv(ub))  # A·uvw = inv(UB)ᵀ·uvw
+    cos /= np.linalg.norm(uvw @ np.linalg.inv(ub), axis=1) * np.linalg.norm(computed @ np.linalg.inv(ub), axis=1)
+    off = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    if off.max() > _UVW_WARN_DEG:
+        worst = int(np.argmax(off))
+        warnings.warn(f"{where}: {_FRAME_PREFIX}u/v/w of frame {frame_id[worst]} is {off[worst]:.3f}° from the beam "
+                      f"given by UB, alpha, beta ({int(np.sum(off > _UVW_WARN_DEG))} frames beyond "
+                      f"{_UVW_WARN_DEG}°); the UB geometry is used", stacklevel=2)
+
+    # reflections
+    refl = r.loop(_REFL_PREFIX, _REFL_TAGS)
+    hkl = np.stack([r.integers(_REFL_PREFIX + t, refl[t]) for t in ("index_h", "index_k", "index_l")], axis=1)
+    zone = r.integers(_REFL_PREFIX + "zone_axis_id", refl["zone_axis_id"])
+    intensity, sigma = refl["intensity_meas"], refl["intensity_sigma"]
+    unknown = ~np.isin(zone, frame_id)
+    if np.any(unknown):
+        first = int(zone[unknown][0])
+        others = len(set(zone[unknown].tolist())) - 1
+        raise JaxedInputError(
+            f"{where}: _refln_zone_axis_id {first} has no frame in {_FRAME_PREFIX}id ({int(np.sum(zone == first))} "
+            f"reflections" + (f"; {others} more unknown ids, {int(unknown.sum())} reflections in all" if others else "")
+            + ")")
+    by_id = np.argsort(frame_id)
+    frame_index = by_id[np.searchsorted(frame_id, zone, sorter=by_id)]
+
+    bad = np.nonzero(sigma <= 0)[0]
+    if len(bad):
+        line = (f"{where}: _refln_intensity_sigma ≤ 0 in {len(bad)} rows (first: loop row {bad[0] + 1}, "
+                f"hkl {tuple(int(x) for x in hkl[bad[0]])}, σ = {sigma[bad[0]]:g})")
+        if not drop_bad_sigma:
+            raise JaxedInputError(f"{line}; expected σ > 0 (drop_bad_sigma=True / --drop-bad-sigma drops them)")
+        warnings.warn(f"{line}; those reflections are dropped", stacklevel=2)
+        keep = sigma > 0
+        hkl, intensity, sigma, frame_index = hkl[keep], intensity[keep], sigma[keep], frame_index[keep]
+
     return PetsData(
-        path=where, cell=cell, wavelength=wavelength, ub=ub, frame_id=frame_id, uvw=uvw,
-        precession_angle=frames.get("precession_angle", zeros), alpha=alpha, beta=beta,
-        omega=frames.get("omega", zeros), frame_scale=frames.get("scale", np.ones(n_frames)),
-        hkl=np.rint(hkl).astype(int), intensity=refl["intensity_meas"], sigma=sigma,
-        frame_index=np.array([lookup[z] for z in zone], dtype=int), geometry=geometry or "continuous rotation",
-        details=details, energy_kev=energy)
+        path=where, cell=cell, wavelength=lam, ub=ub, frame_id=frame_id, uvw=uvw,
+        precession_angle=frames["precession_angle"], alpha=frames["alpha"], beta=frames["beta"],
+        omega=frames["omega"], frame_scale=frames["scale"], hkl=hkl, intensity=intensity, sigma=sigma,
+        frame_index=frame_index, geometry=geometry or "continuous rotation", details=details, energy_kev=energy,
+        pets_omega=pets_omega)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------------
+
+def _num(x) -> str:
+    """Shortest text that reads back as the same float64 (exact round trip)."""
+    return repr(float(x))
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return [" ".join(item.rjust(w) for item, w in zip(row, widths)) for row in rows]
 
 
 def write_pets(path: str | Path, data: PetsData) -> None:
-    """Write ``data`` as a `.cif_pets` that :func:`read_pets` reads back unchanged (to the printed precision)."""
-    lines = ["data_pets"]
-    for tag, v in zip(("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"), data.cell):
-        lines.append(f"_cell_{tag} {v:.6f}")
-    lines.append(f"_diffrn_radiation_wavelength {data.wavelength:.8f}")
-    for i in range(3):
-        for j in range(3):
-            lines.append(f"_diffrn_orient_matrix_UB_{i + 1}{j + 1} {data.ub[i, j]:.10f}")
-    lines += ["_diffrn_measurement_details", ";", f"data collection geometry: {data.geometry}"]
-    for key, v in data.details.items():
-        if key != "data collection geometry":
-            lines.append(f"{key}: {v}")
-    lines += [";", "", "loop_"] + [f"_diffrn_zone_axis_{t}" for t in _FRAME_TAGS]
-    for i in range(data.n_frames):
-        u, v, w = data.uvw[i]
-        lines.append(f"{data.frame_id[i]} {u:.6f} {v:.6f} {w:.6f} {data.precession_angle[i]:.6f} {data.alpha[i]:.6f} "
-                     f"{data.beta[i]:.6f} {data.omega[i]:.6f} {data.frame_scale[i]:.6f}")
-    lines += ["", "loop_"] + [f"_refln_{t}" for t in _REFL_TAGS]
-    for (h, k, l), i_, s, f in zip(data.hkl, data.intensity, data.sigma, data.frame_index):
-        lines.append(f"{h} {k} {l} {i_:.6f} {s:.6f} {data.frame_id[f]}")
-    Path(path).write_text("\n".join(lines) + "\n")
+    """Write ``data`` as a PETS2-style `.cif_pets` (LF line ends) that :func:`read_pets` reads back unchanged.
+
+    Floats are written with the shortest repr that reads back to the same float64, so the round trip is exact.
+    ``details`` become ``key: value`` lines of ``_diffrn_measurement_details``; ``energy_kev`` is written as
+    ``_diffrn_source_voltage`` [kV].
+
+    Raises:
+        JaxedInputError: no reflections (a CIF loop cannot be empty), or a details key or value that cannot be
+            written as one ``key: value`` line.
+    """
+    if data.n_refl == 0:
+        raise JaxedInputError(f"{path}: no reflections to write; expected at least one (a CIF loop cannot be empty)")
+    out = ["data_pets"]
+    out += [f"{tag} {_num(v)}" for tag, v in zip(_CELL_TAGS, data.cell)]
+    out.append(f"_diffrn_radiation_wavelength {_num(data.wavelength)}")
+    if data.energy_kev is not None:
+        out.append(f"{_VOLTAGE_TAG} {_num(data.energy_kev)}")
+    out += [f"{tag} {_num(v)}" for tag, v in zip(_UB_TAGS, np.asarray(data.ub).reshape(-1))]
+    if data.pets_omega is not None:
+        out.append(f"_diffrn_pets_omega {_num(data.pets_omega)}")
+
+    lines = [f"{_GEOMETRY_KEY}: {data.geometry}"]
+    for key, value in data.details.items():
+        text = _num(value) if isinstance(value, (float, int, np.floating, np.integer)) else str(value)
+        if ":" in str(key) or "\n" in str(key) + text or "\r" in str(key) + text or not str(key).strip():
+            raise JaxedInputError(f"{path}: details item {key!r}: {text!r}; expected a key without ':' and one-line "
+                                  "values")
+        lines.append(f"{key}: {text}")
+    if any(line.startswith(";") for line in lines) or ":" in data.geometry or "\n" in data.geometry:
+        raise JaxedInputError(f"{path}: geometry {data.geometry!r} or a details line cannot be written in a CIF "
+                              "text field")
+    out += ["_diffrn_measurement_details", ";", *lines, ";", ""]
+
+    out += ["loop_", *[_FRAME_PREFIX + t for t in _FRAME_TAGS]]
+    out += _table([[str(int(data.frame_id[i])), *(_num(x) for x in data.uvw[i]), _num(data.precession_angle[i]),
+                    _num(data.alpha[i]), _num(data.beta[i]), _num(data.omega[i]), _num(data.frame_scale[i])]
+                   for i in range(data.n_frames)])
+    out += ["", "loop_", *[_REFL_PREFIX + t for t in _REFL_TAGS]]
+    zone = data.frame_id[data.frame_index]
+    out += _table([[str(int(h)), str(int(k)), str(int(l)), _num(i_), _num(s), str(int(z))]
+                   for (h, k, l), i_, s, z in zip(data.hkl.tolist(), data.intensity.tolist(), data.sigma.tolist(),
+                                                  zone.tolist())])
+    Path(path).write_text("\n".join(out) + "\n", encoding="utf-8")
