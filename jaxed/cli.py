@@ -87,6 +87,10 @@ def _build_parser() -> argparse.ArgumentParser:
                            help="ADPs: as in the CIF, all anisotropic, or all isotropic")
             p.add_argument("--refine-orientation", choices=("none", "gradient"), default=None,
                            help="per-frame tilt corrections refined by gradient jointly with everything else")
+            p.add_argument("--minibatch", type=int, default=None, help="frames per Adam step (0: full batch)")
+            p.add_argument("--thickness-samples", type=int, default=None,
+                           help="ThicknessNN reparameterised draws per frame, intensities averaged (1)")
+            p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None, help="learning-rate schedule")
             p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (10)")
             p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -127,6 +131,7 @@ _DATA_DEFAULTS = {"g_max": 1.6, "sg_max": 0.01, "g_max_refine": 1.4, "r_sg": 0.9
                   "drop_bad_sigma": False}
 _REFINE_DEFAULTS = {"thickness_model": "nn", "thickness_init": 800.0, "optimizer": "adam", "epochs": 200,
                     "lr": 1e-3, "seed": 0, "aniso": "as-given", "refine_orientation": "none", "checkpoint_every": 10,
+                    "minibatch": 0, "thickness_samples": 1, "lr_schedule": "constant",
                     "thickness": 800.0}
 
 
@@ -248,7 +253,8 @@ def _run_refine(args) -> int:
     config = RefineConfig(thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
                           optimizer=s["optimizer"], epochs=int(s["epochs"]), lr=s["lr"], seed=int(s["seed"]),
                           aniso=s["aniso"], refine_orientation=s["refine_orientation"] == "gradient",
-                          checkpoint_every=int(s["checkpoint_every"]))
+                          checkpoint_every=int(s["checkpoint_every"]), minibatch=int(s["minibatch"]),
+                          thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])
     try:
         result = refine(crystal, atoms, experiment, bloch, config, args.out, resume=args.resume,
                         progress=not args.no_progress)

@@ -29,7 +29,7 @@ from jaxed.errors import JaxedInputError
 from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
-           "frame_orientations"]
+           "frame_orientations", "take_frames"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +188,19 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
                       theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
                       refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
                       frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy))
+
+
+def take_frames(experiment: Experiment, idx) -> Experiment:
+    """The frames ``idx`` (host or traced indices; a minibatch) of an experiment; the coupling table is shared.
+    The static ``frame_ids`` are kept as they are (they are not used by traced code)."""
+    idx = jnp.asarray(idx)
+    take = lambda x: jnp.take(jnp.asarray(x), idx, axis=0)  # noqa: E731
+    b = experiment.beams
+    return dataclasses.replace(
+        experiment, beams=BeamSet(take(b.hkl), take(b.mask), take(b.coupling), b.hkl_unique),
+        base_orientation=take(experiment.base_orientation), sample_rotations=take(experiment.sample_rotations),
+        theta=take(experiment.theta), refl_beam=take(experiment.refl_beam), refl_hkl=take(experiment.refl_hkl),
+        i_obs=take(experiment.i_obs), sigma=take(experiment.sigma), refl_mask=take(experiment.refl_mask))
 
 
 def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | None = None) -> jax.Array:

@@ -24,25 +24,17 @@ from scipy.optimize import minimize
 
 from jaxed import objective
 from jaxed.bloch import potential_table
-from jaxed.experiment import Experiment, intensities_from_table
-from jaxed.geometry import BeamSet, rotation_x, rotation_y, rotation_z
+from jaxed.experiment import Experiment, intensities_from_table, take_frames
+from jaxed.geometry import rotation_x, rotation_y, rotation_z
 
 __all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "nelder_mead", "gradient_tilts",
            "misorientation_deg"]
 
 
 def select_frames(experiment: Experiment, idx) -> Experiment:
-    """The frames ``idx`` of an experiment (array slices; the coupling table is shared)."""
+    """The frames ``idx`` of an experiment (host indices), with their frame ids."""
     idx = np.atleast_1d(np.asarray(idx))
-    b = experiment.beams
-    beams = BeamSet(np.asarray(b.hkl)[idx], np.asarray(b.mask)[idx], np.asarray(b.coupling)[idx], b.hkl_unique)
-    take = lambda x: np.asarray(x)[idx]  # noqa: E731
-    return dataclasses.replace(
-        experiment, beams=beams, base_orientation=take(experiment.base_orientation),
-        sample_rotations=take(experiment.sample_rotations), theta=take(experiment.theta),
-        refl_beam=take(experiment.refl_beam), refl_hkl=take(experiment.refl_hkl), i_obs=take(experiment.i_obs),
-        sigma=take(experiment.sigma), refl_mask=take(experiment.refl_mask),
-        frame_ids=tuple(experiment.frame_ids[i] for i in idx))
+    return dataclasses.replace(take_frames(experiment, idx), frame_ids=tuple(experiment.frame_ids[i] for i in idx))
 
 
 def with_corrections(experiment: Experiment, corrections: np.ndarray) -> Experiment:

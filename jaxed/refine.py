@@ -24,7 +24,7 @@ from jaxed import objective
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import Experiment, integrated_intensities
+from jaxed.experiment import Experiment, integrated_intensities, take_frames
 from jaxed.parameters import StructureModel, make_structure_model
 from jaxed.thickness import make_thickness_model
 
@@ -55,6 +55,10 @@ class RefineConfig:
         refine_orientation: per-frame tilt corrections (two angles ⟂ beam) refined by gradient.
         aniso: 'as-given' | 'all' | 'none'.  refine_occupancy.
         residual: 'paper' (the reference paper's wR_all) or 'jana' (|F|-based wR_all).
+        per_frame_mean: minimise the root mean square of per-frame wR_all (every frame counts equally) instead of
+            the wR_all of all reflections together.
+        minibatch: frames per Adam step, drawn without replacement each step (0: full batch).
+        thickness_samples: ThicknessNN reparameterised draws per frame whose intensities are averaged (1: the mean).
         checkpoint_every: steps between checkpoints (0: only at the end).  seed: PRNG seed.
     """
 
@@ -71,6 +75,9 @@ class RefineConfig:
     aniso: str = "as-given"
     refine_occupancy: bool = False
     residual: str = "paper"
+    per_frame_mean: bool = False
+    minibatch: int = 0
+    thickness_samples: int = 1
     checkpoint_every: int = 10
     seed: int = 0
 
@@ -81,6 +88,11 @@ class RefineConfig:
             raise JaxedInputError(f"epochs = {self.epochs}: expected ≥ 0")
         if not self.lr > 0:
             raise JaxedInputError(f"lr = {self.lr}: expected > 0")
+        if self.optimizer == "lbfgs" and (self.minibatch or self.thickness_samples > 1):
+            raise JaxedInputError("L-BFGS needs a deterministic loss: use adam with minibatch / thickness_samples")
+        if self.minibatch < 0 or self.thickness_samples < 1:
+            raise JaxedInputError(f"minibatch = {self.minibatch}, thickness_samples = {self.thickness_samples}: "
+                                  "expected minibatch ≥ 0 and thickness_samples ≥ 1")
         if self.lr_schedule not in ("constant", "cosine"):
             raise JaxedInputError(f"lr_schedule '{self.lr_schedule}': expected constant or cosine")
 
@@ -120,14 +132,13 @@ class Refinement:
         self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
                                                   jnp.asarray(experiment.refl_mask))
         self.optimizer = self._make_optimizer()
-        self._loss_and_grad = jax.jit(jax.value_and_grad(self.loss))
 
     # ----------------------------------------------------------------------------------------------- model
     def atoms(self, params) -> AtomParams:
         return self.structure.atoms(params["structure"])
 
     def frame_thickness(self, params) -> jax.Array:
-        """Thickness of every frame [Å], (n_frames,)."""
+        """Thickness of every frame [Å], (n_frames,) (the model's mean)."""
         return self.thickness.apply(params["thickness"], jnp.asarray(self.experiment.theta))
 
     def intensities(self, params) -> jax.Array:
@@ -135,9 +146,27 @@ class Refinement:
         return integrated_intensities(self.atoms(params), self.crystal, self.experiment, self.frame_thickness(params),
                                       self.bloch, params.get("orientation"))
 
-    def loss(self, params) -> jax.Array:
-        """wR_all with closed-form per-frame scales (the refinement objective)."""
-        return objective.loss(self.intensities(params), self.obs, kind=self.config.residual)
+    def loss(self, params, key: jax.Array | None = None) -> jax.Array:
+        """wR_all with closed-form per-frame scales (the refinement objective).
+
+        With ``key`` and ``config.minibatch`` the loss is over a random minibatch of frames; with ``key`` and
+        ``config.thickness_samples`` > 1, each frame's intensities are averaged over reparameterised thickness draws.
+        """
+        exp, obs, tilts = self.experiment, self.obs, params.get("orientation")
+        config = self.config
+        if key is not None and config.minibatch and config.minibatch < exp.n_frames:
+            key, sub = jax.random.split(key)
+            idx = jax.random.choice(sub, exp.n_frames, (config.minibatch,), replace=False)
+            exp, obs = take_frames(exp, idx), obs.select_frames(idx)
+            tilts = None if tilts is None else tilts[idx]
+        theta = jnp.asarray(exp.theta)
+        if key is not None and config.thickness_samples > 1:
+            thickness = self.thickness.apply(params["thickness"], theta, key=key,
+                                             n_samples=config.thickness_samples).T  # (n_frames, n_samples)
+        else:
+            thickness = self.thickness.apply(params["thickness"], theta)
+        i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts)
+        return objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean)
 
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats)."""
@@ -166,13 +195,16 @@ class Refinement:
         return _strong(self.optimizer.init(self.params0 if params is None else params))
 
     def make_step(self) -> Callable:
-        """The jitted optimiser step ``(params, state) -> (params, state, loss, finite)``; compiles once."""
+        """The jitted optimiser step ``(params, state, key) -> (params, state, loss, finite)``; compiles once.
+        ``key`` drives minibatches and thickness draws (ignored by a deterministic loss)."""
         opt = self.optimizer
         loss_fn = self.loss
 
         if self.config.optimizer == "adam":
-            def step(params, state):
-                value, grads = jax.value_and_grad(loss_fn)(params, )
+            stochastic = bool(self.config.minibatch) or self.config.thickness_samples > 1
+
+            def step(params, state, key):
+                value, grads = jax.value_and_grad(loss_fn)(params, key if stochastic else None)
                 finite = jnp.isfinite(value) & jnp.all(jnp.array(
                     [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
                 updates, new_state = opt.update(grads, state, params)
@@ -181,7 +213,8 @@ class Refinement:
         else:
             value_and_grad = optax.value_and_grad_from_state(loss_fn)
 
-            def step(params, state):
+            def step(params, state, key):
+                del key  # L-BFGS: deterministic loss
                 value, grads = value_and_grad(params, state=state)
                 finite = jnp.isfinite(value) & jnp.all(jnp.array(
                     [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
@@ -260,7 +293,8 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     last_good = (params, state)
     for epoch in range(start_epoch, config.epochs):
-        new_params, new_state, value, finite = step(params, state)
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)  # reproducible across --resume
+        new_params, new_state, value, finite = step(params, state, key)
         value = float(value)
         if not bool(finite):
             if out is not None:
