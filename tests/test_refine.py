@@ -122,8 +122,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo, tmp_path
     good, _ = run_refinement(problem, tmp_path, progress=False)
 
     class Broken(Refinement):
-        def loss(self, params):
-            return super().loss(params) * jnp.nan
+        def loss(self, params, key=None):
+            return super().loss(params, key) * jnp.nan
 
     broken = Broken(problem.crystal, demo[1], problem.experiment, problem.bloch, dataclasses.replace(config, epochs=5))
     with pytest.raises(RefinementDiverged, match="epoch 2: non-finite"):
