@@ -68,19 +68,6 @@ def read_config(path: str | Path) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def check_cells(crystal: Crystal, data, tolerance: float) -> str:
-    """One-line comparison of the structure's cell with the data's; raises beyond ``tolerance`` (relative, lengths)."""
-    a = np.array(crystal.cell, float)
-    b = np.array(data.cell, float)
-    rel = np.abs(a[:3] - b[:3]) / b[:3]
-    dang = np.abs(a[3:] - b[3:])
-    line = (f"cell of the structure vs the data: lengths differ by {100 * rel.max():.2f} % at most, "
-            f"angles by {dang.max():.3f}°")
-    if rel.max() > tolerance or dang.max() > 100 * tolerance:
-        raise JaxedInputError(f"{line}: beyond the tolerance {100 * tolerance:.1f} % (--cell-tolerance)")
-    return line
-
-
 def load_problem(structure: str, data_path: str, *, block: str | None = None, scattering: str = "lobato",
                  frames: str | None = None, exp_settings: ExperimentSettings = ExperimentSettings(),
                  absorption: float = 0.0, cell_tolerance: float = 0.05, drop_bad_sigma: bool = False, log=print):
@@ -89,11 +76,14 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     Returns:
         (crystal, atoms, data, experiment, bloch_settings)
     """
-    from jaxed.pets import read_pets
+    from jaxed.pets import check_cell_match, read_pets
 
     crystal, atoms = load_structure(structure, block=block, scattering=scattering)
     data = read_pets(data_path, drop_bad_sigma=drop_bad_sigma)
-    log(check_cells(crystal, data, cell_tolerance))
+    try:
+        log(check_cell_match(crystal.cell, data.cell, cell_tolerance))
+    except JaxedInputError as exc:
+        raise JaxedInputError(f"{exc} (--cell-tolerance)") from None
     chosen = parse_frames(frames, len(data.alpha))
     if chosen is not None:
         data = data.subset_frames(chosen)
