@@ -29,11 +29,9 @@ amplitude stays 0, and (with the divided-difference derivative) they do not chan
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxed.constants import relativistic_gamma, wavelength
 from jaxed.crystal import AtomParams, Crystal

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed.bloch import BlochSettings
-from jaxed.crystal import AtomParams, Crystal, iso_u_star
+from jaxed.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
 from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment
 from jaxed.geometry import _hkl_within, excitation_errors, rotation_x, rotation_y

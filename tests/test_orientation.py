@@ -1,6 +1,5 @@
 """Per-frame orientation refinement recovers a known misorientation (synthetic, noise-free)."""
 import dataclasses
-import json
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed import objective
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import load_structure
 from jaxed.demo import demo_files

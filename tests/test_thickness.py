@@ -17,7 +17,6 @@ from jaxed.thickness import (
     THICKNESS_MODELS,
     KinematicThickness,
     SingleThickness,
-    ThicknessNN,
     fit_to_profile,
     make_thickness_model,
     params_from_flat,
