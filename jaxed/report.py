@@ -58,39 +58,33 @@ def write_plots(folder: str | Path, history: list, theta_deg: np.ndarray, thickn
 
     folder = Path(folder)
     paths = []
+
+    def save(fig, ax, name, xlabel, ylabel):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        paths.append(folder / name)
+
     if history:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("wR_all")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(folder / "r_factors.png", dpi=120)
-        plt.close(fig)
-        paths.append(folder / "r_factors.png")
+        save(fig, ax, "r_factors.png", "epoch", "wR_all")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     order = np.argsort(theta_deg)
     ax.plot(theta_deg[order], thickness[order], "o-", ms=3, label="refined")
     if true_thickness is not None:
         ax.plot(theta_deg[order], np.asarray(true_thickness)[order], "k--", label="true")
         ax.legend()
-    ax.set_xlabel("tilt α [deg]")
-    ax.set_ylabel("thickness [Å]")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "thickness.png", dpi=120)
-    plt.close(fig)
-    paths.append(folder / "thickness.png")
+    save(fig, ax, "thickness.png", "tilt α [deg]", "thickness [Å]")
     fig, ax = plt.subplots(figsize=(4.2, 4))
     o, c = i_obs[mask], i_calc[mask]
     ax.loglog(np.maximum(o, 1e-1), np.maximum(c, 1e-1), ".", ms=2, alpha=0.5)
     hi = max(o.max(initial=1.0), c.max(initial=1.0))
     ax.plot([1e-1, hi], [1e-1, hi], "k-", lw=0.8)
-    ax.set_xlabel("I_obs")
-    ax.set_ylabel("I_calc (scaled)")
-    fig.tight_layout()
-    fig.savefig(folder / "icalc_vs_iobs.png", dpi=120)
-    plt.close(fig)
-    paths.append(folder / "icalc_vs_iobs.png")
+    save(fig, ax, "icalc_vs_iobs.png", "I_obs", "I_calc (scaled)")
     return paths
