@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=42)
     ap.add_argument("--thickness", type=float, default=820.0)
     ap.add_argument("--frames", default=None)
+    ap.add_argument("--theta-min", type=float, default=0.005, help="hexagonal scan: stop halving below this [deg]")
+    ap.add_argument("--max-rounds", type=int, default=40, help="hexagonal scan: at most this many rounds")
     args = ap.parse_args()
     settings = ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=1.6, r_sg_max=0.9, n_samples=args.samples,
                                   semi_angle_deg=1.0)
@@ -51,14 +53,19 @@ def main() -> None:
           flush=True)
     t0 = time.perf_counter()
     if args.method != "none":
-        fn = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead,
-              "gradient": orientation.gradient_tilts}[args.method]
-        corrected, _ = fn(problem, problem.params0, log=lambda s: print(s, flush=True))
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        if args.method == "hexagonal":
+            corrected, _ = orientation.hexagonal_scan(problem, problem.params0, theta_min_deg=args.theta_min,
+                                                      max_rounds=args.max_rounds, log=log)
+        else:
+            fn = {"nelder-mead": orientation.nelder_mead, "gradient": orientation.gradient_tilts}[args.method]
+            corrected, _ = fn(problem, problem.params0, log=log)
         problem = Refinement(crystal, atoms, corrected, bloch, config)
     seconds = time.perf_counter() - t0
     after = problem.summary(problem.params0)
     mis = orientation.misorientation_deg(problem.experiment.base_orientation, exp.base_orientation)
-    result = {"method": args.method, "samples": args.samples, "thickness_A": args.thickness, "seconds": seconds,
+    result = {"method": args.method, "samples": args.samples, "theta_min_deg": args.theta_min,
+              "max_rounds": args.max_rounds, "thickness_A": args.thickness, "seconds": seconds,
               "before": {k: before[k] for k in ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")},
               "after": {k: after[k] for k in ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")},
               "median_correction_deg": float(np.median(mis)), "peer_reference": {"R_obs": 0.0438, "wR_all": 0.0420,
