@@ -74,6 +74,10 @@ def run(args) -> dict:
     settings = spec["settings"]
     if args.samples:
         settings = dataclasses.replace(settings, n_samples=args.samples)
+    if args.g_max:
+        settings = dataclasses.replace(settings, g_max=args.g_max)
+    if args.g_max_refine:
+        settings = dataclasses.replace(settings, g_max_refine=args.g_max_refine)
     crystal, truth = load_structure(SHARED / spec["truth"])
     t_true = None
     with warnings.catch_warnings():
@@ -127,7 +131,9 @@ def run(args) -> dict:
               "R_obs": summary["R_obs"], "N_obs": summary["N_obs"], "N_all": summary["N_all"],
               "rmsd_A": asu_rmsd(crystal, refined, truth), "adp_frobenius": adp_frobenius(crystal, refined, truth),
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
-              "n_samples": settings.n_samples, "frame_step": args.frame_step, "history": [h["loss"] for h in history]}
+              "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
+              "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.beams.n_beams),
+              "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -165,6 +171,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=None, help="override the rocking-curve samples")
     ap.add_argument("--frame-step", type=int, default=1, help="use every k-th frame")
+    ap.add_argument("--g-max", type=float, default=None, help="override the beams' g_max [1/Å]")
+    ap.add_argument("--g-max-refine", type=float, default=None, help="override the reflections' g_max [1/Å]")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()

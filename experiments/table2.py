@@ -1,0 +1,221 @@
+"""Reference-paper Tables 2 and 3: refinement of measured 3D-ED data (PETS2 exports) with ThicknessNN.
+
+One run = one (sample, structure, settings). The pipeline is the one a crystallographer would run:
+
+1. read the structure and the ``.cif_pets`` data, select reflections (g_max_refine, R_Sg);
+2. scan one thickness for all frames with the structure fixed (a coarse grid, the best wR_all wins);
+3. refine every frame's orientation with the structure fixed (the reference paper's hexagonal two-angle scan);
+4. refine structure + ThicknessNN (+ per-frame scales in closed form, + optional gradient tilts) with Adam.
+
+Results go to experiments/results/table2/<tag>.json (with the command line) and a thickness-vs-tilt plot;
+``--summary`` prints Table 2 (and Table 3 when both quartz hands were run) beside Jana, the reference paper and
+diffBloch (docs/TARGETS.md).
+
+Examples:
+    python experiments/table2.py --sample quartz                       # Table 2, quartz row
+    python experiments/table2.py --sample quartz --hand P3121          # Table 3, the other hand
+    python experiments/table2.py --sample cspbbr3 --g-max 1.2 --g-max-refine 1.0 --samples 15
+    python experiments/table2.py --summary
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+from jaxed import objective, orientation  # noqa: E402
+from jaxed.experiment import ExperimentSettings  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
+from jaxed.workflow import load_problem  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "experiments" / "results" / "table2"
+
+# docs/TARGETS.md, Table 2: (R_obs, wR_all) of Jana and of the reference paper's hybrid model; diffBloch (elastic).
+PUBLISHED = {
+    "quartz": {"jana": (0.057, 0.066), "paper": (0.042, 0.043), "diffbloch": (0.0412, 0.0384),
+               "paper_n": (957, 1734), "paper_t_nm": 85.0},
+    "cspbbr3": {"jana": (0.055, 0.068), "paper": (0.064, 0.067), "diffbloch": (0.0640, 0.0673),
+                "paper_n": (2714, 17095), "paper_t_nm": 44.0},
+    "paracetamol": {"jana": (0.092, 0.1034), "paper": (0.1015, 0.084), "diffbloch": None,
+                    "paper_n": (2697, 6621), "paper_t_nm": 47.5},
+}
+TABLE3 = {"P3221": (0.043, 0.042), "P3121": (0.071, 0.062)}  # paper: (wR_all, R_obs)
+
+SAMPLES = {
+    "quartz": dict(structure={"P3221": "structures/quartz_P3221.cif",
+                              "P3121": "structures/quartz_P3121_enantiomorph.cif"},
+                   data="pets/quartz_suresh2024.cif_pets", g_max=2.0, g_max_refine=1.6, sg_max=0.01, r_sg_max=0.9,
+                   samples=21, t_grid=(300, 1600, 100)),
+    "cspbbr3": dict(structure={"Pbnm": "structures/cspbbr3_Pbnm.cif"}, data="pets/cspbbr3_suresh2024.cif_pets",
+                    g_max=2.0, g_max_refine=2.0, sg_max=0.01, r_sg_max=0.66, samples=30, t_grid=(200, 1200, 100)),
+    "paracetamol": dict(structure={"Pbca": "structures/paracetamol_formII_Pbca.cif"},
+                        data="pets/paracetamol_formII.cif_pets", g_max=1.2, g_max_refine=1.2, sg_max=0.01,
+                        r_sg_max=0.9, samples=21, t_grid=(200, 1200, 100)),
+}
+
+
+def _scan_thickness(problem: Refinement, grid) -> tuple[float, list]:
+    """wR_all of one thickness for all frames on a grid (structure and orientations fixed)."""
+    intens = jax.jit(problem.intensities)
+    rows = []
+    for t in grid:
+        p = dict(problem.params0, thickness={"log_t0": jax.numpy.log(jax.numpy.asarray(float(t)))})
+        s = objective.summary(intens(p), problem.obs, kind=problem.config.residual)
+        rows.append((float(t), s["wR_all"], s["R_obs"]))
+    best = min(rows, key=lambda r: r[1])
+    return best[0], rows
+
+
+def _plot(path: Path, theta_deg, thickness, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(theta_deg, np.asarray(thickness) / 10, "o-", ms=3)
+    ax.set_xlabel("tilt α (deg)")
+    ax.set_ylabel("thickness (nm)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> dict:
+    spec = SAMPLES[args.sample]
+    hand = args.hand or next(iter(spec["structure"]))
+    settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=spec["sg_max"],
+                                  g_max_refine=args.g_max_refine or spec["g_max_refine"], r_sg_max=spec["r_sg_max"],
+                                  n_samples=args.samples or spec["samples"], max_beams=args.max_beams)
+    tag = args.tag or f"{args.sample}_{hand}"
+    log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
+                                                     frames=args.frames, exp_settings=settings, log=lambda s: None,
+                                                     absorption=args.absorption)
+    log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.beams.n_beams} beams (padded), "
+        f"{settings.n_samples} samples, absorption {args.absorption}")
+    timing = {}
+    t0 = time.perf_counter()
+    single = RefineConfig(thickness_model="single", thickness_init=600.0, aniso=args.aniso)
+    problem = Refinement(crystal, atoms, exp, bloch, single)
+    lo, hi, step = spec["t_grid"]
+    t_best, scan = _scan_thickness(problem, np.arange(lo, hi + 1, step))
+    before = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
+    timing["thickness_scan_s"] = time.perf_counter() - t0
+    log(f"single thickness {t_best:.0f} Å: R_obs {before['R_obs']:.4f} wR_all {before['wR_all']:.4f} "
+        f"N_obs {before['N_obs']} N_all {before['N_all']} ({timing['thickness_scan_s']:.0f} s)")
+    if args.orientation != "none":
+        t1 = time.perf_counter()
+        problem = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_best))
+        if args.orientation == "hexagonal":
+            exp, _ = orientation.hexagonal_scan(problem, problem.params0, theta_min_deg=args.theta_min,
+                                                max_rounds=args.max_rounds, log=log)
+        else:
+            fn = {"nelder-mead": orientation.nelder_mead, "gradient": orientation.gradient_tilts}[args.orientation]
+            exp, _ = fn(problem, problem.params0, log=log)
+        timing["orientation_s"] = time.perf_counter() - t1
+        problem = Refinement(crystal, atoms, exp, bloch, single)
+        t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
+        scan += scan2
+    oriented = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
+    log(f"after orientation ({args.orientation}), t {t_best:.0f} Å: R_obs {oriented['R_obs']:.4f} "
+        f"wR_all {oriented['wR_all']:.4f}")
+    config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
+                          epochs=args.epochs, lr=args.lr, lr_groups=(("thickness", args.lr_thickness),),
+                          lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
+                          checkpoint_every=25, seed=args.seed)
+    problem = Refinement(crystal, atoms, exp, bloch, config)
+    t2 = time.perf_counter()
+    params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
+                                     callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
+                                                                  f"{time.perf_counter() - t2:7.1f} s")
+                                     if e % 20 == 0 else None)
+    timing["refine_s"] = time.perf_counter() - t2
+    final = problem.summary(params)
+    thickness = np.asarray(problem.frame_thickness(params))
+    theta = np.rad2deg(np.asarray(exp.theta))
+    keys = ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")
+    result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
+              "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.beams.n_beams),
+              "model": args.model, "epochs": len(history), "absorption": args.absorption,
+              "orientation": args.orientation, "joint_tilts": args.joint_tilts,
+              "single_thickness_A": t_best, "thickness_scan": scan,
+              "before": {k: before[k] for k in keys}, "after_orientation": {k: oriented[k] for k in keys},
+              "final": {k: final[k] for k in keys}, "mean_thickness_A": float(thickness.mean()),
+              "thickness_A": thickness.tolist(), "theta_deg": theta.tolist(), "timing_s": timing,
+              "history": [h["loss"] for h in history]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
+    _plot(RESULTS / f"{tag}_thickness.png", theta, thickness,
+          f"{tag}: R_obs {final['R_obs']:.4f}, wR_all {final['wR_all']:.4f}")
+    log(json.dumps({k: result[k] for k in ("final", "mean_thickness_A", "timing_s")}))
+    return result
+
+
+def summary() -> None:
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    print("| sample (run) | frames | samples | g_max/refine | R_obs | wR_all | N_obs, N_all | mean t (nm) | "
+          "Jana R_obs/wR | paper R_obs/wR (N) | diffBloch R_obs/wR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for tag, r in rows.items():
+        pub = PUBLISHED[r["sample"]]
+        f, s = r["final"], r["settings"]
+        db = "–" if pub["diffbloch"] is None else f"{pub['diffbloch'][0]:.2%} / {pub['diffbloch'][1]:.2%}"
+        print(f"| {r['sample']} ({tag}) | {r['frames']} | {s['n_samples']} | {s['g_max']}/{s['g_max_refine']} | "
+              f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {f['N_obs']}, {f['N_all']} | {r['mean_thickness_A'] / 10:.1f} | "
+              f"{pub['jana'][0]:.1%} / {pub['jana'][1]:.1%} | {pub['paper'][0]:.1%} / {pub['paper'][1]:.1%} "
+              f"({pub['paper_n'][0]}, {pub['paper_n'][1]}) | {db} |")
+    hands = {r["hand"]: r for r in rows.values() if r["sample"] == "quartz" and r["tag"] == f"quartz_{r['hand']}"}
+    if len(hands) == 2:
+        print("\n| Table 3 | P3₂21 (jaxed) | P3₁21 (jaxed) | P3₂21 (paper) | P3₁21 (paper) |\n|---|---|---|---|---|")
+        for i, k in enumerate(("wR_all", "R_obs")):
+            print(f"| {k} | {hands['P3221']['final'][k]:.2%} | {hands['P3121']['final'][k]:.2%} | "
+                  f"{TABLE3['P3221'][i]:.1%} | {TABLE3['P3121'][i]:.1%} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sample", choices=sorted(SAMPLES), default="quartz")
+    ap.add_argument("--hand", help="quartz: P3221 (published) or P3121 (its enantiomorph, Table 3)")
+    ap.add_argument("--frames", help="frame subset, e.g. every:2 or 0-19")
+    ap.add_argument("--samples", type=int, help="rocking-curve samples per frame")
+    ap.add_argument("--g-max", type=float, help="beams in the Bloch matrix [1/Å]")
+    ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
+    ap.add_argument("--max-beams", type=int, help="cap on beams per frame")
+    ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
+    ap.add_argument("--orientation", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
+    ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")
+    ap.add_argument("--max-rounds", type=int, default=10, help="hexagonal scan: at most this many rounds")
+    ap.add_argument("--joint-tilts", action="store_true", help="also refine two tilts per frame by gradient")
+    ap.add_argument("--model", choices=("nn", "single"), default="nn")
+    ap.add_argument("--aniso", choices=("as-given", "all", "none"), default="as-given")
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-thickness", type=float, default=2e-2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag")
+    ap.add_argument("--summary", action="store_true")
+    args = ap.parse_args()
+    if args.hand and args.hand not in SAMPLES[args.sample]["structure"]:
+        ap.error(f"--hand {args.hand}: {args.sample} has {sorted(SAMPLES[args.sample]['structure'])}")
+    summary() if args.summary else run(args)
+
+
+if __name__ == "__main__":
+    main()
