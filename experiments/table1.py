@@ -78,6 +78,8 @@ def run(args) -> dict:
         settings = dataclasses.replace(settings, g_max=args.g_max)
     if args.g_max_refine:
         settings = dataclasses.replace(settings, g_max_refine=args.g_max_refine)
+    if args.max_beams:
+        settings = dataclasses.replace(settings, max_beams=args.max_beams)
     crystal, truth = load_structure(SHARED / spec["truth"])
     t_true = None
     with warnings.catch_warnings():
@@ -173,6 +175,7 @@ def main() -> None:
     ap.add_argument("--frame-step", type=int, default=1, help="use every k-th frame")
     ap.add_argument("--g-max", type=float, default=None, help="override the beams' g_max [1/Å]")
     ap.add_argument("--g-max-refine", type=float, default=None, help="override the reflections' g_max [1/Å]")
+    ap.add_argument("--max-beams", type=int, default=None, help="cap on beams per frame (smallest |s_g| kept)")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()

@@ -6,6 +6,7 @@ status 2 and one line on stderr naming the problem; no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,7 +48,13 @@ def _add_physics(p: argparse.ArgumentParser, g_max: float = 1.5, sg_max: float =
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jaxed", description="Differentiable Bloch-wave dynamical refinement for 3D electron diffraction.")
+    from jaxed import __version__
+
+    parser = _Parser(prog="jaxed",
+                     description="Differentiable Bloch-wave dynamical refinement for 3D electron diffraction. "
+                     "Every setting of simulate, synth, refine and evaluate can also come from a TOML/JSON --config "
+                     "file (command line wins); each run saves its effective settings.")
+    parser.add_argument("--version", action="version", version=f"jaxed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("simulate", help="dynamical intensities of a structure along given beam directions")
@@ -57,10 +64,11 @@ def _build_parser() -> argparse.ArgumentParser:
     src.add_argument("--beam", nargs=3, type=float, metavar=("U", "V", "W"),
                      help="zone axis [uvw] (direct lattice, towards the source; electrons travel along −[uvw])")
     src.add_argument("--beams", metavar="FILE", help="file with one 'u v w' per line")
-    p.add_argument("--thickness", type=_positive(float), required=True, help="crystal thickness along the normal [Å]")
+    p.add_argument("--thickness", type=_positive(float), help="crystal thickness along the normal [Å]")
     p.add_argument("--energy", type=_positive(float), default=200.0, help="accelerating voltage [kV] (200)")
     _add_physics(p)
     p.add_argument("--out", required=True, help="output CSV: frame,h,k,l,sg,intensity")
+    p.add_argument("--config", help="TOML or JSON file of settings (command line wins)")
     p.set_defaults(run=_run_simulate)
 
     for name, helptext in (("refine", "refine a structure (and thickness model) against a .cif_pets dataset"),
@@ -79,14 +87,20 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--thickness-model", choices=("nn", "single", "kinematic", "plate", "tilt", "constant"),
                            default=None, help="thickness model (nn = ThicknessNN)")
             p.add_argument("--thickness-init", type=_positive(float), default=None, help="starting thickness [Å] (800)")
-            p.add_argument("--optimizer", choices=("adam", "lbfgs"), default=None, help="optimiser (adam)")
+            p.add_argument("--optimizer", choices=("adam", "lbfgs", "gn", "lm", "hybrid"), default=None,
+                           help="optimiser (adam); gn/lm: Gauss-Newton/Levenberg-Marquardt with s.u. in the CIF, "
+                                "hybrid: Adam for the thickness model + LM for the structure")
+            p.add_argument("--r-free", type=float, default=None, metavar="FRACTION",
+                           help="hold out this fraction of the unique reflections for R_free (0: none)")
             p.add_argument("--epochs", type=int, default=None, help="optimiser steps (200)")
             p.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate (0.001)")
             p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
             p.add_argument("--aniso", choices=("as-given", "all", "none"), default=None,
                            help="ADPs: as in the CIF, all anisotropic, or all isotropic")
-            p.add_argument("--refine-orientation", choices=("none", "gradient"), default=None,
-                           help="per-frame tilt corrections refined by gradient jointly with everything else")
+            p.add_argument("--refine-orientation", choices=("none", "gradient", "hexagonal", "nelder-mead"),
+                           default=None, help="per-frame orientations: gradient = two tilts refined jointly with "
+                           "everything else; hexagonal / nelder-mead = the reference paper's searches with the "
+                           "structure fixed, run first (none)")
             p.add_argument("--minibatch", type=int, default=None, help="frames per Adam step (0: full batch)")
             p.add_argument("--thickness-samples", type=int, default=None,
                            help="ThicknessNN reparameterised draws per frame, intensities averaged (1)")
@@ -116,23 +130,33 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=21, help="rocking-curve samples per frame (21)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default="lobato")
     p.add_argument("--out", required=True, help="output .cif_pets (a sidecar OUT.truth.json holds the thickness)")
+    p.add_argument("--config", help="TOML or JSON file of settings (command line wins)")
     p.set_defaults(run=_run_synth)
 
     p = sub.add_parser("demo", help="a real refinement on synthetic quartz shipped with jaxed (a few minutes)")
     p.add_argument("--out", default="jaxed-demo", help="output folder (jaxed-demo)")
-    p.add_argument("--epochs", type=int, default=None, help="optimiser steps")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--epochs", type=int, default=None, help="Adam steps (default: 200)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none anyway when not in a terminal)")
     p.set_defaults(run=_run_demo)
+    _apply_schema(sub)
     return parser
 
 
-_DATA_DEFAULTS = {"g_max": 1.6, "sg_max": 0.01, "g_max_refine": 1.4, "r_sg": 0.9, "samples": 21, "semi_angle": None,
-                  "scattering": "lobato", "absorption": 0.0, "frames": None, "cell_tolerance": 0.05,
-                  "drop_bad_sigma": False}
-_REFINE_DEFAULTS = {"thickness_model": "nn", "thickness_init": 800.0, "optimizer": "adam", "epochs": 200,
-                    "lr": 1e-3, "seed": 0, "aniso": "as-given", "refine_orientation": "none", "checkpoint_every": 10,
-                    "minibatch": 0, "thickness_samples": 1, "lr_schedule": "constant",
-                    "thickness": 800.0}
+def _apply_schema(sub) -> None:
+    """Help text (unit, default) of every setting from jaxed.config; argparse defaults become None so that a
+    config file can fill what the command line leaves out."""
+    from jaxed.config import COMMANDS, format_help, schema
+
+    for command in COMMANDS:
+        settings = schema(command)
+        for action in sub.choices[command]._actions:
+            if action.dest in settings:
+                action.default = None
+                action.help = format_help(settings[action.dest])
+
+
+# Defaults, units and allowed values of every setting live in jaxed.config (one schema for --help, config files
+# and validation).
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -159,50 +183,64 @@ def _configure_precision(float32: bool) -> None:
 
 
 def _run_simulate(args) -> int:
-    _configure_precision(args.float32)
+    s = _settings(args)
+    _configure_precision(s["float32"])
     import numpy as np
 
     from jaxed.bloch import BlochSettings
     from jaxed.crystal import load_structure
     from jaxed.simulation import read_beam_directions, simulate_directions, write_pattern_csv
+    from jaxed.workflow import check_memory, check_structure
 
-    crystal, atoms = load_structure(args.structure, block=args.block, scattering=args.scattering)
+    if s["thickness"] is None:
+        raise JaxedInputError("--thickness: required (on the command line or as thickness in the --config file) [Å]")
+    crystal, atoms = load_structure(args.structure, block=args.block, scattering=s["scattering"])
+    check_structure(crystal, atoms, args.structure)
     if args.beam is not None:
         uvws = np.array([args.beam])
         if not np.all(np.isfinite(uvws)) or not np.any(uvws):
             raise JaxedInputError(f"--beam {' '.join(map(str, args.beam))}: expected a non-zero finite direction")
     else:
         uvws = read_beam_directions(args.beams)
-    if not (args.absorption >= 0):
-        raise JaxedInputError(f"--absorption {args.absorption}: expected κ ≥ 0")
-    settings = BlochSettings(energy_kev=args.energy, absorption=args.absorption)
+    settings = BlochSettings(energy_kev=s["energy"], absorption=s["absorption"])
     out = Path(args.out)
     if not out.parent.exists():
         raise JaxedInputError(f"--out {out}: folder {out.parent} does not exist")
-    result = simulate_directions(crystal, atoms, uvws, args.thickness, settings, g_max=args.g_max, sg_max=args.sg_max)
+    check_memory(crystal.volume, s["g_max"], s["sg_max"], len(uvws), 1)
+    result = simulate_directions(crystal, atoms, uvws, s["thickness"], settings, g_max=s["g_max"], sg_max=s["sg_max"])
     write_pattern_csv(out, result)
+    _save_settings(Path(str(out) + ".config.toml"), args, s)
     n_frames = int(result.frame.max()) + 1
     print(f"jaxed simulate: {crystal.name} ({crystal.spacegroup}), {n_frames} direction(s), {len(result.frame)} beams, "
-          f"t = {args.thickness:g} Å, {args.energy:g} kV → {out}")
+          f"t = {s['thickness']:g} Å, {s['energy']:g} kV → {out}")
     return 0
 
 
 def _settings(args) -> dict:
-    """Defaults < config file < command line."""
-    merged = {**_DATA_DEFAULTS, **_REFINE_DEFAULTS}
-    if getattr(args, "config", None):
-        from jaxed.workflow import read_config
+    """Effective settings of ``args.command``: defaults < config file (top level < [command]) < command line."""
+    from jaxed.config import effective_settings, read_config
 
-        cfg = read_config(args.config)
-        unknown = set(cfg) - set(merged)
-        if unknown:
-            raise JaxedInputError(f"{args.config}: unknown settings {sorted(unknown)} (known: {sorted(merged)})")
-        merged.update(cfg)
-    for key in merged:
-        value = getattr(args, key, None)
-        if value is not None:
-            merged[key] = value
-    return merged
+    cfg = read_config(args.config) if getattr(args, "config", None) else None
+    return effective_settings(args.command, cfg, vars(args))
+
+
+def _save_settings(path: Path, args, s: dict) -> None:
+    """The effective settings of this run, as TOML that --config reads back."""
+    from jaxed import __version__
+    from jaxed.config import write_config
+
+    inputs = {k: getattr(args, k) for k in ("structure", "data", "block", "beam", "beams", "frames_from",
+                                             "tilt_series") if getattr(args, k, None) is not None}
+    write_config(path, args.command, s, header={"jaxed": __version__, **inputs})
+
+
+def _inputs(args) -> dict:
+    return {"structure file": args.structure, "data file": args.data}
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal (never in logs or pipes) and not with --no-progress."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
 def _load(args, s):
@@ -211,8 +249,6 @@ def _load(args, s):
     from jaxed.experiment import ExperimentSettings
     from jaxed.workflow import load_problem
 
-    if s["samples"] < 1:
-        raise JaxedInputError(f"--samples {s['samples']}: expected ≥ 1")
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
                              r_sg_max=s["r_sg"], n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"])
     with warnings.catch_warnings(record=True) as caught:
@@ -232,32 +268,43 @@ def _print_summary(report: dict) -> None:
 
 
 def _run_evaluate(args) -> int:
-    _configure_precision(args.float32)
+    s = _settings(args)
+    _configure_precision(s["float32"])
     from jaxed.workflow import evaluate
 
-    s = _settings(args)
     crystal, atoms, _, experiment, bloch = _load(args, s)
-    report = evaluate(crystal, atoms, experiment, bloch, s["thickness"], args.out)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    _save_settings(Path(args.out) / "config.toml", args, s)
+    report = evaluate(crystal, atoms, experiment, bloch, s["thickness"], args.out, settings=s, inputs=_inputs(args))
     _print_summary(report)
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0
 
 
 def _run_refine(args) -> int:
-    _configure_precision(args.float32)
+    s = _settings(args)
+    _configure_precision(s["float32"])
     from jaxed.refine import RefineConfig, RefinementDiverged
     from jaxed.workflow import refine
 
-    s = _settings(args)
-    crystal, atoms, _, experiment, bloch = _load(args, s)
-    config = RefineConfig(thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
+    # every RefineConfig field the settings hold (jaxed.config lists them all), then the converted ones
+    passthrough = {f.name: s[f.name] for f in dataclasses.fields(RefineConfig) if s.get(f.name) is not None}
+    config = RefineConfig(**{**passthrough, **dict(
+                          thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
                           optimizer=s["optimizer"], epochs=int(s["epochs"]), lr=s["lr"], seed=int(s["seed"]),
                           aniso=s["aniso"], refine_orientation=s["refine_orientation"] == "gradient",
                           checkpoint_every=int(s["checkpoint_every"]), minibatch=int(s["minibatch"]),
-                          thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])
+                          thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])})
+    crystal, atoms, _, experiment, bloch = _load(args, s)
+    if s["refine_orientation"] in ("hexagonal", "nelder-mead"):
+        from jaxed.workflow import search_orientations
+
+        experiment = search_orientations(crystal, atoms, experiment, bloch, config, s["refine_orientation"])
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    _save_settings(Path(args.out) / "config.toml", args, s)
     try:
         result = refine(crystal, atoms, experiment, bloch, config, args.out, resume=args.resume,
-                        progress=not args.no_progress)
+                        progress=_progress(args), settings=s, inputs=_inputs(args))
     except RefinementDiverged as exc:
         raise JaxedInputError(str(exc)) from None
     _print_summary(result["report"])
@@ -266,6 +313,7 @@ def _run_refine(args) -> int:
 
 
 def _run_synth(args) -> int:
+    s = _settings(args)
     _configure_precision(False)
     import numpy as np
 
@@ -275,31 +323,35 @@ def _run_synth(args) -> int:
     from jaxed.experiment import ExperimentSettings
     from jaxed.pets import read_pets, write_pets
     from jaxed.synth import synthesize, thickness_profile, tilt_series, write_sidecar
-    from jaxed.workflow import parse_frames
+    from jaxed.workflow import check_memory, check_structure, parse_frames
 
-    crystal, atoms = load_structure(args.structure, block=args.block, scattering=args.scattering)
+    crystal, atoms = load_structure(args.structure, block=args.block, scattering=s["scattering"])
+    check_structure(crystal, atoms, args.structure)
     if args.frames_from:
         frames = read_pets(args.frames_from, drop_bad_sigma=True)
     else:
         start, end, step = args.tilt_series
         if not (step > 0 and end > start):
             raise JaxedInputError(f"--tilt-series {start} {end} {step}: expected START < END and STEP > 0")
-        frames = tilt_series(crystal, alpha_start=start, alpha_end=end, step=step, semi_angle=args.semi_angle,
-                             seed=args.seed)
-    chosen = parse_frames(args.frames, frames.n_frames)
+        frames = tilt_series(crystal, alpha_start=start, alpha_end=end, step=step, semi_angle=s["semi_angle"],
+                             seed=s["seed"])
+    chosen = parse_frames(s["frames"], frames.n_frames)
     if chosen is not None:
         frames = frames.subset_frames(chosen)
     theta = np.deg2rad(frames.alpha)
-    truth = thickness_profile(args.profile, theta, args.thickness, seed=args.seed)
-    settings = ExperimentSettings(g_max=args.g_max, sg_max=args.sg_max, g_max_refine=args.g_max_refine,
-                                  n_samples=args.samples, r_sg_max=None)
+    truth = thickness_profile(s["profile"], theta, s["thickness"], seed=s["seed"])
+    settings = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
+                                  n_samples=s["samples"], r_sg_max=None)
+    check_memory(crystal.volume, s["g_max"], s["sg_max"], frames.n_frames, s["samples"],
+                 float(np.max(np.abs(frames.precession_angle))))
     bloch = BlochSettings(energy_from_wavelength(frames.wavelength))
-    data = synthesize(crystal, atoms, frames, truth, bloch, settings, i_max=args.i_max, seed=args.seed)
+    data = synthesize(crystal, atoms, frames, truth, bloch, settings, i_max=s["i_max"], seed=s["seed"])
     write_pets(args.out, data)
     sidecar = str(args.out) + ".truth.json"
-    write_sidecar(sidecar, frames, truth, structure=str(args.structure), profile=args.profile, i_max=args.i_max,
-                  seed=args.seed, g_max=args.g_max, sg_max=args.sg_max, g_max_refine=args.g_max_refine,
-                  samples=args.samples)
+    write_sidecar(sidecar, frames, truth, structure=str(args.structure), profile=s["profile"], i_max=s["i_max"],
+                  seed=s["seed"], g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
+                  samples=s["samples"])
+    _save_settings(Path(str(args.out) + ".config.toml"), args, s)
     print(f"jaxed synth: {data.n_frames} frames, {data.n_refl} reflections → {args.out} (truth: {sidecar})")
     return 0
 
@@ -308,7 +360,7 @@ def _run_demo(args) -> int:
     _configure_precision(False)
     from jaxed.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(args.out, epochs=args.epochs, progress=_progress(args))
     return 0
 
 

@@ -22,7 +22,7 @@ from jaxed.experiment import ExperimentSettings, prepare_experiment
 from jaxed.metrics import adp_frobenius, asu_rmsd, thickness_errors
 from jaxed.pets import read_pets
 from jaxed.refine import RefineConfig, Refinement, run_refinement
-from jaxed.report import write_plots, write_refined_cif, write_report
+from jaxed.report import write_markdown_report, write_plots, write_refined_cif, write_report
 
 __all__ = ["DEMO_SETTINGS", "DEMO_CONFIG", "run_demo", "demo_files"]
 
@@ -92,7 +92,7 @@ def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta
 
     i_calc = problem.intensities(params)
     scales = np.asarray(objective.frame_scales(i_calc, problem.obs))
-    write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), end["thickness"],
+    plots = write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), end["thickness"],
                 np.asarray(experiment.i_obs), np.asarray(i_calc) * scales[:, None], np.asarray(experiment.refl_mask),
                 t_true)
     table = {k: {"start": start[k], "refined": end[k]} for k in
@@ -100,4 +100,12 @@ def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta
     write_report(out / "report.json", {**end["summary"], "epochs": len(history), "wall_seconds": seconds,
                                        "thickness_A": end["thickness"], "true_thickness_A": t_true,
                                        "history": [h["loss"] for h in history], "demo_table": table})
+    every = max(1, len(history) // 20)
+    write_markdown_report(out / "report.md", {**end["summary"], "epochs": len(history), "wall_seconds": seconds},
+                          data={"data file": str(data_path), "frames": experiment.n_frames,
+                                "start: ASU RMSD [Å]": f"{start['rmsd_A']:.4f}",
+                                "refined: ASU RMSD [Å]": f"{end['rmsd_A']:.4f}",
+                                "refined: thickness error (rms)": f"{end['thickness_rms_rel']:.1%}"},
+                          epochs=[{"epoch": h["epoch"], "wR_all": h["loss"]} for h in history[::every]],
+                          plots=plots, title="jaxed demo: synthetic quartz")
     return table

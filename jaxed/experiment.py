@@ -47,6 +47,10 @@ class ExperimentSettings:
         max_beams: cap on the beams of a frame (smallest |s_g| kept; observed reflections always kept).
         precession: None: from the file; True/False to force.
         energy_kev: None: from the data's wavelength.
+        quadrature: rocking-curve quadrature of continuous-rotation frames: 'midpoint' (N equal sub-intervals, equal
+            weights) or 'gauss' (Gauss–Legendre nodes and weights on [−φ, φ]: the same accuracy with fewer samples
+            for smooth rocking curves; experiments/results/bench_quadrature.md). Precession cones always use equally
+            spaced azimuths (periodic integrand).
     """
 
     g_max: float = 1.6
@@ -59,11 +63,15 @@ class ExperimentSettings:
     max_beams: int | None = None
     precession: bool | None = None
     energy_kev: float | None = None
+    quadrature: str = "midpoint"
+
+
+QUADRATURES = ("midpoint", "gauss")
 
 
 @partial(jax.tree_util.register_dataclass,
          data_fields=["beams", "base_orientation", "sample_rotations", "theta", "refl_beam", "refl_hkl", "i_obs",
-                      "sigma", "refl_mask"],
+                      "sigma", "refl_mask", "sample_weights"],
          meta_fields=["frame_ids", "energy_kev"])
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -77,6 +85,8 @@ class Experiment:
         refl_beam: (n_frames, n_refl) index of each observed reflection in its frame's beam list.
         refl_hkl: (n_frames, n_refl, 3) int.  i_obs, sigma: (n_frames, n_refl) [counts].
         refl_mask: (n_frames, n_refl) bool, False on padding.
+        sample_weights: (n_frames, n_samples) quadrature weights summing to 1 per frame, or None for the plain mean
+            over samples (midpoint rule).
     """
 
     beams: BeamSet
@@ -90,23 +100,35 @@ class Experiment:
     refl_mask: jax.Array
     frame_ids: tuple
     energy_kev: float
+    sample_weights: jax.Array | None = None
 
     @property
     def n_frames(self) -> int:
         return int(np.shape(self.theta)[0])
 
 
-def _sample_rotations(n_frames: int, semi_angles: np.ndarray, n_samples: int, precession: bool) -> np.ndarray:
+def _sample_rotations(n_frames: int, semi_angles: np.ndarray, n_samples: int, precession: bool,
+                      quadrature: str = "midpoint") -> np.ndarray:
     out = np.zeros((n_frames, n_samples, 3, 3))
+    nodes = _quadrature_nodes(n_samples, quadrature)[0]
     for i in range(n_frames):
         phi = np.deg2rad(semi_angles[i])
         if precession:
             thetas = 2 * np.pi * (np.arange(n_samples) + 0.5) / n_samples
             out[i] = [np.asarray(rotation_z(t) @ rotation_x(phi) @ rotation_z(-t)) for t in thetas]
         else:
-            deltas = -phi + (2 * phi) * (np.arange(n_samples) + 0.5) / n_samples
-            out[i] = [np.asarray(rotation_x(d)) for d in deltas]
+            out[i] = [np.asarray(rotation_x(d)) for d in phi * nodes]
     return out
+
+
+def _quadrature_nodes(n_samples: int, quadrature: str) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes in [−1, 1] and weights summing to 1 of the rocking-curve average (host)."""
+    if quadrature not in QUADRATURES:
+        raise JaxedInputError(f"quadrature '{quadrature}': expected one of {', '.join(QUADRATURES)}")
+    if quadrature == "gauss":
+        x, w = np.polynomial.legendre.leggauss(n_samples)
+        return x, w / 2.0
+    return -1.0 + 2.0 * (np.arange(n_samples) + 0.5) / n_samples, np.full(n_samples, 1.0 / n_samples)
 
 
 def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> Experiment:
@@ -126,7 +148,10 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
     precession = settings.precession
     if precession is None:
         precession = "precession" in str(getattr(data, "geometry", "")).lower()
-    samples = _sample_rotations(n_frames, semi, settings.n_samples, precession)
+    samples = _sample_rotations(n_frames, semi, settings.n_samples, precession, settings.quadrature)
+    weights = None
+    if settings.quadrature != "midpoint" and not precession:
+        weights = np.tile(_quadrature_nodes(settings.n_samples, settings.quadrature)[1], (n_frames, 1))
 
     candidates = _hkl_within(ub, settings.g_max)  # |g| with the data's metric
     frame_index = np.asarray(data.frame_index)
@@ -187,7 +212,8 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
     return Experiment(beams=beam_set, base_orientation=base, sample_rotations=samples,
                       theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
                       refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
-                      frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy))
+                      frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy),
+                      sample_weights=weights)
 
 
 def take_frames(experiment: Experiment, idx) -> Experiment:
@@ -200,7 +226,8 @@ def take_frames(experiment: Experiment, idx) -> Experiment:
         experiment, beams=BeamSet(take(b.hkl), take(b.mask), take(b.coupling), b.hkl_unique),
         base_orientation=take(experiment.base_orientation), sample_rotations=take(experiment.sample_rotations),
         theta=take(experiment.theta), refl_beam=take(experiment.refl_beam), refl_hkl=take(experiment.refl_hkl),
-        i_obs=take(experiment.i_obs), sigma=take(experiment.sigma), refl_mask=take(experiment.refl_mask))
+        i_obs=take(experiment.i_obs), sigma=take(experiment.sigma), refl_mask=take(experiment.refl_mask),
+        sample_weights=None if experiment.sample_weights is None else take(experiment.sample_weights))
 
 
 def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | None = None) -> jax.Array:
@@ -218,23 +245,29 @@ def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | Non
 
 def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Experiment, thickness: jax.Array,
                            settings: BlochSettings, tilt_corrections: jax.Array | None = None,
-                           normal: jax.Array | None = None) -> jax.Array:
+                           normal: jax.Array | None = None, frames_per_batch: int | None = None) -> jax.Array:
     """Calculated integrated intensities of the observed reflections, (n_frames, n_refl), unscaled.
 
     Args:
         thickness: per frame, (n_frames,) [Å] — or (n_frames, n_t) to average over several thickness samples
             (e.g. ThicknessNN's reparameterised draws).
         tilt_corrections: optional (n_frames, 2) [rad].
+        frames_per_batch: frames evaluated at once (static); None: all frames in one vmapped call. Smaller values
+            run ``lax.map`` over chunks of a vmapped kernel, bounding memory (jaxed.batching.frames_per_batch).
     """
     u_ext = potential_table(atoms, crystal, experiment.beams, settings)
-    return intensities_from_table(u_ext, crystal, experiment, thickness, settings, tilt_corrections, normal)
+    return intensities_from_table(u_ext, crystal, experiment, thickness, settings, tilt_corrections, normal,
+                                  frames_per_batch)
 
 
 def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Experiment, thickness: jax.Array,
                            settings: BlochSettings, tilt_corrections: jax.Array | None = None,
-                           normal: jax.Array | None = None) -> jax.Array:
+                           normal: jax.Array | None = None, frames_per_batch: int | None = None) -> jax.Array:
     """As :func:`integrated_intensities`, from a precomputed potential table ``u_ext`` (jaxed.bloch.potential_table):
-    searches that keep the structure fixed (orientations, thickness) compute the Fourier coefficients once."""
+    searches that keep the structure fixed (orientations, thickness) compute the Fourier coefficients once.
+
+    U_{g−h} is gathered once per frame and shared by the frame's rocking samples (the gather is outside the
+    samples' ``vmap``: its operands do not depend on the sample)."""
     dtype = jnp.real(u_ext).dtype
     orient = frame_orientations(experiment, tilt_corrections).astype(dtype)
     reciprocal = jnp.asarray(crystal.reciprocal, dtype)
@@ -247,9 +280,14 @@ def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Exper
         psi = frame_wavefunction(u_ext, hkl, mask, coupling, rot, t, reciprocal, settings, normal)
         return jnp.mean(jnp.real(psi * jnp.conj(psi)), axis=0)  # average over thickness draws
 
-    def per_frame(hkl, mask, coupling, rots, t, refl_beam):
+    def per_frame(hkl, mask, coupling, rots, t, refl_beam, weights):
         i = jax.vmap(per_sample, in_axes=(None, None, None, 0, None))(hkl, mask, coupling, rots, t)
-        return jnp.mean(i, axis=0)[refl_beam]
+        i = jnp.mean(i, axis=0) if weights is None else weights @ i
+        return i[refl_beam]
 
-    return jax.vmap(per_frame)(beams.hkl, beams.mask, beams.coupling, orient, thickness,
-                               jnp.asarray(experiment.refl_beam))
+    weights = None if experiment.sample_weights is None else jnp.asarray(experiment.sample_weights, dtype)
+    args = (beams.hkl, beams.mask, beams.coupling, orient, thickness, jnp.asarray(experiment.refl_beam), weights)
+    n_frames = experiment.n_frames
+    if frames_per_batch is None or frames_per_batch >= n_frames:
+        return jax.vmap(per_frame)(*args)
+    return jax.lax.map(lambda a: per_frame(*a), args, batch_size=int(frames_per_batch))

@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # shape annotations only
     from jaxtyping import Array, ArrayLike, Bool, Float
 
 __all__ = ["Observations", "prepare_observations", "frame_scales", "wr_all_paper", "wr_all_jana", "r_obs", "r_all",
-           "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "RESIDUAL_KINDS"]
+           "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "RESIDUAL_KINDS",
+           "free_set_mask", "free_values", "free_summary"]
 
 RESIDUAL_KINDS = ("paper", "jana")
 WEAK_FRACTION = 0.01  # I_obs < 0.01·σ(I_obs) is "weak"
@@ -338,3 +339,78 @@ def _summary_values(i_calc: jax.Array, obs: Observations, n_params, kind: str) -
     return {"R_obs": r_obs(chosen, obs), "R_all": r_all(chosen, obs), "wR_all": wr_all_paper(paper, obs),
             "wR_all_jana": wr_all_jana(jana, obs), "GoF": goodness_of_fit(jana, obs, n_params),
             "k": frame_scales(i_calc, obs, kind=kind)}
+
+
+# ------------------------------------------------------------------------------------------------------- R_free
+def _canonical_hkl(hkl: np.ndarray, rotations: np.ndarray | None) -> np.ndarray:
+    """One representative per class of symmetry-equivalent reflections and Friedel mates, (n, 3) int.
+
+    h and h·R (reciprocal indices transform with the rotation part from the right) and −h are one class; the
+    representative is the lexicographically largest member.
+    """
+    hkl = np.asarray(hkl, np.int64).reshape(-1, 3)
+    rots = [np.eye(3)] if rotations is None else list(np.asarray(rotations))
+    images = np.concatenate([np.rint(hkl @ r).astype(np.int64) for r in rots], axis=0).reshape(len(rots), -1, 3)
+    images = np.concatenate([images, -images], axis=0)  # (n_images, n, 3)
+    order = np.lexsort((images[..., 2], images[..., 1], images[..., 0]), axis=0)[-1]  # largest per reflection
+    return images[order, np.arange(hkl.shape[0])]
+
+
+def free_set_mask(refl_hkl: np.ndarray, refl_mask: np.ndarray, fraction: float, *, seed: int = 0,
+                  by: str = "reflections", rotations: np.ndarray | None = None) -> np.ndarray:
+    """The R_free test set: True for held-out observations, (n_frames, n_refl) bool (host side, reproducible).
+
+    Args:
+        refl_hkl: (n_frames, n_refl, 3) indices; refl_mask: (n_frames, n_refl) real observations.
+        fraction: share held out, 0 < fraction < 1 (typically a few %).
+        by: 'reflections' — a random ``fraction`` of the unique reflections (symmetry equivalents under
+            ``rotations`` (n_ops, 3, 3) and Friedel mates form one class), with every frame's observation of a chosen
+            class held out, so no measurement of it reaches the optimiser; 'frames' — a random ``fraction`` of the
+            frames, entirely (at least one), to judge a thickness model on frames it never saw.
+        seed: the choice depends only on (seed, the set of unique reflections / the number of frames).
+    """
+    refl_mask = np.asarray(refl_mask, bool)
+    if not 0.0 < fraction < 1.0:
+        from jaxed.errors import JaxedInputError
+
+        raise JaxedInputError(f"R_free fraction {fraction}: expected 0 < fraction < 1")
+    rng = np.random.default_rng(seed)
+    if by == "frames":
+        n_frames = refl_mask.shape[0]
+        n_free = min(max(1, int(round(fraction * n_frames))), max(n_frames - 1, 1))
+        rows = rng.choice(n_frames, n_free, replace=False)
+        free = np.zeros_like(refl_mask)
+        free[rows] = True
+        return free & refl_mask
+    if by != "reflections":
+        raise ValueError(f"free set by {by!r}: expected 'reflections' or 'frames'")
+    canon = _canonical_hkl(np.asarray(refl_hkl)[refl_mask], rotations)
+    unique, inverse = np.unique(canon, axis=0, return_inverse=True)
+    n_free = max(1, int(round(fraction * len(unique)))) if len(unique) else 0
+    chosen = np.zeros(len(unique), bool)
+    chosen[rng.choice(len(unique), n_free, replace=False)] = True
+    free = np.zeros_like(refl_mask)
+    free[refl_mask] = chosen[np.asarray(inverse).reshape(-1)]
+    return free
+
+
+def free_values(i_calc: Float[Array, "n_frames n_refl"], obs_work: Observations, obs_free: Observations, *,
+                kind: str = "paper") -> dict:
+    """R_free (R_obs of the held-out observed reflections) and wR_free (the paper's wR_all of the held-out set).
+
+    The frame scales come from the work set (the free reflections do not influence them); a frame without any
+    work reflection (held-out frames) is scaled on its own free reflections, the only option for a nuisance scale.
+    """
+    k_work = frame_scales(i_calc, obs_work, kind=kind)
+    k_free = frame_scales(i_calc, obs_free, kind=kind)
+    k = jnp.where(jnp.any(obs_work.mask, axis=-1), k_work, k_free)
+    scaled = k[:, None] * jnp.where(obs_free.mask, i_calc, 0.0)
+    return {"R_free": r_obs(scaled, obs_free), "wR_free": wr_all_paper(scaled, obs_free)}
+
+
+def free_summary(i_calc: Float[Array, "n_frames n_refl"], obs_work: Observations, obs_free: Observations, *,
+                 kind: str = "paper") -> dict:
+    """:func:`free_values` as python numbers with the counts N_free_obs, N_free (host side)."""
+    values = free_values(i_calc, obs_work, obs_free, kind=kind)
+    n_obs, n_all = counts(obs_free)
+    return {k: float(v) for k, v in values.items()} | {"N_free_obs": n_obs, "N_free": n_all}

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxed import objective
+from jaxed import batching, objective
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
@@ -33,6 +33,9 @@ __all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement"]
 def _strong(tree):
     """Leaves as JAX arrays with explicit (not weak) dtypes, so that a jitted step sees the same types every call."""
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+OPTIMIZERS = ("adam", "lbfgs", "gn", "lm", "hybrid")
 
 
 class RefinementDiverged(RuntimeError):
@@ -59,6 +62,13 @@ class RefineConfig:
         minibatch: frames per Adam step, drawn without replacement each step (0: full batch).
         thickness_samples: ThicknessNN reparameterised draws per frame whose intensities are averaged (1: the mean).
         checkpoint_every: steps between checkpoints (0: only at the end).  seed: PRNG seed.
+        optimizer 'gn' / 'lm': Gauss–Newton / Levenberg–Marquardt on the weighted residual vector (jaxed.lsq),
+            ``epochs`` = the most iterations (stops earlier on relative change < lsq_ftol); 'hybrid': cycles of
+            ``hybrid_adam_steps`` Adam steps on the thickness model and one LM step on everything else.
+        lsq_jacobian: 'auto' | 'fwd' | 'rev' | 'cg' (matrix-free).  lsq_damping: initial LM λ.  lsq_ftol.
+        r_free: fraction of the reflections (unique hkl, symmetry equivalents and Friedel mates together) or, with
+            r_free_mode='frames', of the frames held out of the optimiser; R_free is reported beside R_obs/wR_all.
+        r_free_seed: seed of that (reproducible) choice.
     """
 
     thickness_model: str = "nn"
@@ -77,12 +87,27 @@ class RefineConfig:
     per_frame_mean: bool = False
     minibatch: int = 0
     thickness_samples: int = 1
+    frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.batching's memory model
     checkpoint_every: int = 10
     seed: int = 0
+    lsq_jacobian: str = "auto"
+    lsq_damping: float = 1e-3
+    lsq_ftol: float = 1e-8
+    hybrid_adam_steps: int = 10
+    r_free: float = 0.0
+    r_free_mode: str = "reflections"
+    r_free_seed: int = 0
 
     def __post_init__(self):
-        if self.optimizer not in ("adam", "lbfgs"):
-            raise JaxedInputError(f"optimizer '{self.optimizer}': expected adam or lbfgs")
+        if self.optimizer not in OPTIMIZERS:
+            raise JaxedInputError(f"optimizer '{self.optimizer}': expected one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= self.r_free < 0.5 or self.r_free_mode not in ("reflections", "frames"):
+            raise JaxedInputError(f"r_free = {self.r_free} ({self.r_free_mode}): expected a fraction in [0, 0.5) "
+                                  "of 'reflections' or 'frames'")
+        if self.optimizer in ("gn", "lm", "hybrid") and (self.minibatch or self.thickness_samples > 1
+                                                         or self.per_frame_mean):
+            raise JaxedInputError(f"{self.optimizer} needs the full-batch wR_all: no minibatch, thickness_samples "
+                                  "or per_frame_mean")
         if self.epochs < 0:
             raise JaxedInputError(f"epochs = {self.epochs}: expected ≥ 0")
         if not self.lr > 0:
@@ -130,7 +155,22 @@ class Refinement:
         self.params0 = _strong(self.params0)
         self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
                                                   jnp.asarray(experiment.refl_mask))
+        self.obs_free = None  # R_free: the held-out set, never seen by the optimiser (self.obs is the work set)
+        if config.r_free > 0:
+            free = objective.free_set_mask(np.asarray(experiment.refl_hkl), np.asarray(experiment.refl_mask),
+                                           config.r_free, seed=config.r_free_seed, by=config.r_free_mode,
+                                           rotations=np.asarray(crystal.rotations))
+            mask = np.asarray(experiment.refl_mask)
+            self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
+                                                      jnp.asarray(mask & ~free))
+            self.obs_free = objective.prepare_observations(jnp.asarray(experiment.i_obs),
+                                                           jnp.asarray(experiment.sigma), jnp.asarray(mask & free))
         self.optimizer = self._make_optimizer()
+        # frames per device step: all of them when the memory model says they fit (one vmapped call), else chunks
+        self.frames_per_batch = config.frames_per_batch or batching.frames_per_batch(
+            experiment.n_frames, experiment.beams.n_beams, int(np.shape(experiment.sample_rotations)[1]),
+            config.thickness_samples, complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
+            n_devices=batching.frame_devices(experiment))
 
     # ----------------------------------------------------------------------------------------------- model
     def atoms(self, params) -> AtomParams:
@@ -143,7 +183,7 @@ class Refinement:
     def intensities(self, params) -> jax.Array:
         """Unscaled calculated intensities, (n_frames, n_refl)."""
         return integrated_intensities(self.atoms(params), self.crystal, self.experiment, self.frame_thickness(params),
-                                      self.bloch, params.get("orientation"))
+                                      self.bloch, params.get("orientation"), frames_per_batch=self.frames_per_batch)
 
     def loss(self, params, key: jax.Array | None = None) -> jax.Array:
         """wR_all with closed-form per-frame scales (the refinement objective).
@@ -164,12 +204,30 @@ class Refinement:
                                              n_samples=config.thickness_samples).T  # (n_frames, n_samples)
         else:
             thickness = self.thickness.apply(params["thickness"], theta)
-        i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts)
+        i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts,
+                                        frames_per_batch=self.frames_per_batch)
         return objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean)
 
     def summary(self, params) -> dict:
-        """R factors and counts of ``params`` (python floats)."""
-        return objective.summary(self.intensities(params), self.obs, kind=self.config.residual)
+        """R factors and counts of ``params`` (python floats); with an R_free set, R_obs etc. are of the work set
+        and R_free, wR_free, N_free are added."""
+        i_calc = self.intensities(params)
+        out = objective.summary(i_calc, self.obs, kind=self.config.residual)
+        if self.obs_free is not None:
+            out |= objective.free_summary(i_calc, self.obs, self.obs_free, kind=self.config.residual)
+        return out
+
+    def epoch_metrics(self, params) -> dict:
+        """R_obs and wR_all of the work set and R_free, wR_free of the held-out set (python floats, one forward)."""
+        if not hasattr(self, "_epoch_metrics"):
+            def metrics(p):
+                i_calc = self.intensities(p)
+                scaled = objective.frame_scales(i_calc, self.obs, kind="paper")[:, None] * i_calc
+                free = objective.free_values(i_calc, self.obs, self.obs_free, kind="paper")
+                return {"R_obs": objective.r_obs(scaled, self.obs), "wR_all": objective.wr_all_paper(scaled, self.obs),
+                        **free}
+            self._epoch_metrics = jax.jit(metrics)
+        return {k: float(v) for k, v in self._epoch_metrics(params).items()}
 
     # ------------------------------------------------------------------------------------------ optimiser
     def _make_optimizer(self) -> optax.GradientTransformation:
@@ -247,7 +305,11 @@ def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> N
     """Write ``checkpoint.npz`` (params, optimiser state) and ``checkpoint.json`` (epoch, history) atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "checkpoint.tmp.npz"
-    np.savez(tmp, **{f"p_{k}": v for k, v in _flatten(params).items()}, **{f"s_{k}": v for k, v in _flatten(state).items()})
+    # the epoch and history travel inside the .npz too (a unicode array, no pickle): one atomic rename makes the
+    # checkpoint, so a kill between the two renames below cannot pair arrays with another epoch's history
+    meta = np.array(json.dumps({"epoch": epoch, "history": history}))
+    np.savez(tmp, meta=meta, **{f"p_{k}": v for k, v in _flatten(params).items()},
+             **{f"s_{k}": v for k, v in _flatten(state).items()})
     tmp.replace(folder / "checkpoint.npz")
     tmp_json = folder / "checkpoint.tmp.json"
     tmp_json.write_text(json.dumps({"epoch": epoch, "history": history}))
@@ -255,15 +317,29 @@ def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> N
 
 
 def load_checkpoint(folder: Path, params_template, state_template):
-    """Inverse of :func:`save_checkpoint`: (params, state, history, epoch)."""
-    with np.load(folder / "checkpoint.npz") as data:
-        p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
-        s = {k[2:]: data[k] for k in data.files if k.startswith("s_")}
-    meta = json.loads((folder / "checkpoint.json").read_text())
-    return _unflatten(params_template, p), _unflatten(state_template, s), meta["history"], int(meta["epoch"])
+    """Inverse of :func:`save_checkpoint`: (params, state, history, epoch).
+
+    A damaged or foreign checkpoint is a one-line JaxedInputError; nothing is unpickled."""
+    path = folder / "checkpoint.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
+            s = {k[2:]: data[k] for k in data.files if k.startswith("s_")}
+            meta_text = str(data["meta"]) if "meta" in data.files else (folder / "checkpoint.json").read_text()
+        meta = json.loads(meta_text)
+        history, epoch = list(meta["history"]), int(meta["epoch"])
+    except Exception as exc:  # noqa: BLE001 - zip, npy, JSON and key errors alike: one line for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail}); delete it or run without --resume") \
+            from None
+    bad = [k for k, v in p.items() if np.issubdtype(v.dtype, np.inexact) and not np.all(np.isfinite(v))]
+    if bad:  # (optimiser states may hold ±inf legitimately, e.g. a line search's initial value)
+        raise JaxedInputError(f"{path}: non-finite parameter array {bad[0]}; the checkpoint is damaged")
+    return _unflatten(params_template, p), _unflatten(state_template, s), history, epoch
 
 
 # ----------------------------------------------------------------------------------------------------- driver
+@batching.with_blas_threads  # one LAPACK thread per eigh: see jaxed.batching (8–18× faster on shared cores)
 def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
                    progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
     """Optimise ``problem`` for ``config.epochs`` steps.
@@ -274,6 +350,10 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
         RefinementDiverged on a non-finite loss or gradient (the last good checkpoint is kept in ``out``).
     """
     config = problem.config
+    if config.optimizer in ("gn", "lm", "hybrid"):
+        from jaxed.lsq import run_least_squares
+
+        return run_least_squares(problem, out, resume=resume, progress=progress, callback=callback)
     out = None if out is None else Path(out)
     params = _strong(problem.params0)
     state = problem.init_state(params)
@@ -305,6 +385,8 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
                 + (f" in {out / 'checkpoint.npz'}" if out is not None else ""))
         history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0})
         last_good = (params, state) = (new_params, new_state)
+        if problem.obs_free is not None:  # R_obs, wR_all (work set) and R_free after this step
+            history[-1].update(problem.epoch_metrics(params))
         if bar is not None:
             bar.set_postfix_str(f"wR_all {value:.4f}")
             bar.update(1)

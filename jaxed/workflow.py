@@ -15,13 +15,19 @@ import numpy as np
 
 from jaxed import objective
 from jaxed.bloch import BlochSettings
+from jaxed.constants import wavelength as _wavelength
 from jaxed.crystal import AtomParams, Crystal, load_structure
 from jaxed.errors import JaxedInputError
 from jaxed.experiment import Experiment, ExperimentSettings, integrated_intensities, prepare_experiment
 from jaxed.refine import RefineConfig, Refinement, run_refinement
-from jaxed.report import write_plots, write_refined_cif, write_report
+from jaxed.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
+                          write_refined_cif, write_report)
 
-__all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config"]
+__all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config", "check_structure", "check_memory",
+           "estimate_bloch_bytes"]
+
+#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): "a few"
+_BLOCH_COPIES = 4
 
 
 def parse_frames(text: str | None, n_frames: int) -> np.ndarray | None:
@@ -49,23 +55,95 @@ def parse_frames(text: str | None, n_frames: int) -> np.ndarray | None:
 
 
 def read_config(path: str | Path) -> dict:
-    """Settings from a JSON or TOML file (keys as the long command-line options, '-' or '_')."""
-    path = Path(path)
-    if not path.is_file():
-        raise JaxedInputError(f"{path}: no such config file")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            import tomllib
+    """Settings from a TOML or JSON file, validated (see :mod:`jaxed.config`)."""
+    from jaxed.config import read_config as _read
 
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one line
-        raise JaxedInputError(f"{path}: cannot parse config ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise JaxedInputError(f"{path}: expected a table/object of settings")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return _read(path)
+
+
+def check_structure(crystal: Crystal, atoms: AtomParams, where: str) -> None:
+    """Refuse a structure that cannot scatter (every occupancy 0) or has negative occupancies; warn above 1."""
+    import warnings
+
+    occ = np.asarray(atoms.occupancy, float)
+    if not np.all(np.isfinite(occ)) or np.any(occ < 0):
+        bad = int(np.argmax(~np.isfinite(occ) | (occ < 0)))
+        raise JaxedInputError(f"{where}: site {crystal.labels[bad]}: occupancy {occ[bad]}: expected a value in [0, 1]")
+    if not np.any(occ > 0):
+        raise JaxedInputError(f"{where}: every site has occupancy 0: nothing scatters; expected at least one "
+                              "occupied site")
+    if np.any(occ > 1 + 1e-6):
+        bad = int(np.argmax(occ))
+        warnings.warn(f"{where}: site {crystal.labels[bad]} has occupancy {occ[bad]:g} > 1", stacklevel=2)
+
+
+def estimate_bloch_bytes(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
+                         semi_angle_deg: float = 0.0) -> tuple[float, float]:
+    """Rough size of the batched Bloch problem, computed before any beam is selected.
+
+    Beams N ≈ V_cell × (reciprocal volume within |g| ≤ g_max of a slab |s_g| ≤ sg_max, widened by the rocking
+    range |g|·semi-angle): N ≈ V (2π sg_max g_max² + (4π/3) θ g_max³). Bytes ≈ frames × samples × N² × 16 (complex)
+    × a few working copies.
+
+    Args:
+        volume: cell volume [Å³].  g_max, sg_max: [1/Å].  semi_angle_deg: rocking / precession semi-angle [deg].
+
+    Returns:
+        (bytes, N).
+    """
+    theta = np.deg2rad(abs(semi_angle_deg))
+    n_beams = 1.0 + volume * (2 * np.pi * sg_max * g_max**2 + 4 * np.pi / 3 * theta * g_max**3)
+    return float(n_frames) * n_samples * n_beams**2 * 16.0 * _BLOCH_COPIES, n_beams
+
+
+def _memory_bytes() -> float:
+    """Physical memory of this machine [bytes] (inf when unknown)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def check_memory(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
+                 semi_angle_deg: float = 0.0, available: float | None = None) -> None:
+    """Refuse, before allocating anything, settings whose Bloch matrices would not fit in memory."""
+    need, n_beams = estimate_bloch_bytes(volume, g_max, sg_max, n_frames, n_samples, semi_angle_deg)
+    have = _memory_bytes() if available is None else available
+    if need > have:
+        raise JaxedInputError(
+            f"--g-max {g_max:g} / --sg-max {sg_max:g}: about {n_beams:.3g} beams per matrix, so {n_frames} frame(s) × "
+            f"{n_samples} sample(s) × N² × 16 B × {_BLOCH_COPIES} ≈ {need / 1e9:.3g} GB, more than this machine's "
+            f"{have / 1e9:.3g} GB; lower --g-max / --sg-max / --samples or select fewer --frames")
+
+
+def _drop_duplicates_and_empty(data, where: str):
+    """Warn about (and drop) repeated (frame, hkl) rows and frames without reflections; the rest is usable."""
+    import warnings
+
+    keys = np.concatenate([np.asarray(data.frame_index)[:, None], np.asarray(data.hkl)], axis=1)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    if len(first) < len(keys):
+        first = np.sort(first)
+        repeated = np.setdiff1d(np.arange(len(keys)), first)
+        r = repeated[0]
+        warnings.warn(f"{where}: {len(repeated)} reflection row(s) repeat a (frame, hkl) already listed (first: hkl "
+                      f"{tuple(int(v) for v in np.asarray(data.hkl)[r])} of frame id "
+                      f"{data.frame_id[int(np.asarray(data.frame_index)[r])]}); only the first of each is used",
+                      stacklevel=2)
+        data = dataclasses.replace(data, hkl=np.asarray(data.hkl)[first], intensity=np.asarray(data.intensity)[first],
+                                   sigma=np.asarray(data.sigma)[first],
+                                   frame_index=np.asarray(data.frame_index)[first])
+    counts = np.bincount(np.asarray(data.frame_index, int), minlength=len(data.alpha))
+    empty = np.nonzero(counts == 0)[0]
+    if empty.size and empty.size < len(counts):
+        warnings.warn(f"{where}: {empty.size} frame(s) have no reflections (first: id {data.frame_id[empty[0]]}); "
+                      "they are left out", stacklevel=2)
+        data = data.subset_frames(np.nonzero(counts > 0)[0])
+    elif empty.size:
+        raise JaxedInputError(f"{where}: no frame has reflections; expected at least one")
+    return data
 
 
 def load_problem(structure: str, data_path: str, *, block: str | None = None, scattering: str = "lobato",
@@ -79,6 +157,7 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     from jaxed.pets import check_cell_match, read_pets
 
     crystal, atoms = load_structure(structure, block=block, scattering=scattering)
+    check_structure(crystal, atoms, str(structure))
     data = read_pets(data_path, drop_bad_sigma=drop_bad_sigma)
     try:
         log(check_cell_match(crystal.cell, data.cell, cell_tolerance))
@@ -87,6 +166,11 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     chosen = parse_frames(frames, len(data.alpha))
     if chosen is not None:
         data = data.subset_frames(chosen)
+    data = _drop_duplicates_and_empty(data, str(data_path))
+    semi = (exp_settings.semi_angle_deg if exp_settings.semi_angle_deg is not None
+            else float(np.max(np.abs(data.precession_angle))))
+    check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, len(data.alpha), exp_settings.n_samples,
+                 semi)
     experiment = prepare_experiment(data, crystal, exp_settings)
     if not np.asarray(experiment.refl_mask).any():
         raise JaxedInputError(f"{data_path}: no reflections left after the selection (g_max_refine, R_Sg)")
@@ -105,9 +189,109 @@ def _report_dict(summary: dict, experiment: Experiment, thickness: np.ndarray, h
                 "R_obs": "Σ|√Io−√Ic|/Σ√Io over Io > 3σ"}, **extra}
 
 
+def count_parameters(problem: Refinement) -> int:
+    """Parameters for GoF and the CIF: structure and orientation parameters, one scale per frame, and the thickness
+    model's parameters but at most one per frame (a ThicknessNN's weights are not independent degrees of freedom)."""
+    def size(tree):
+        return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
+
+    n_frames = problem.experiment.n_frames
+    return (size(problem.params0["structure"]) + size(problem.params0.get("orientation", {})) + n_frames
+            + min(size(problem.params0["thickness"]), n_frames))
+
+
+def data_statistics(crystal: Crystal, experiment: Experiment, summary: dict, inputs: dict | None = None) -> dict:
+    """Frames, reflections, resolution [Å], wavelength [Å] and beams of a prepared experiment (for report.md)."""
+    mask = np.asarray(experiment.refl_mask)
+    hkl = np.asarray(experiment.refl_hkl)[mask]
+    g = np.linalg.norm(hkl @ np.asarray(crystal.reciprocal).T, axis=1)
+    theta = np.rad2deg(np.asarray(experiment.theta))
+    stats = {**(inputs or {}), "structure (space group)": f"{crystal.name} ({crystal.spacegroup})",
+             "frames": experiment.n_frames, "tilt range [deg]": f"{theta.min():.2f} … {theta.max():.2f}",
+             "N_obs / N_all (I > 3σ / all)": f"{summary['N_obs']} / {summary['N_all']}",
+             "unique hkl": int(len(np.unique(hkl, axis=0))) if len(hkl) else 0,
+             "resolution d_max … d_min [Å]": (f"{1 / g.min():.3f} … {1 / g.max():.3f}" if len(g) else "–"),
+             "energy [kV]": float(experiment.energy_kev), "wavelength [Å]": float(_wavelength(experiment.energy_kev)),
+             "beams per Bloch matrix (padded)": int(experiment.beams.n_beams)}
+    return stats
+
+
+def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, every: int):
+    """A run_refinement callback that appends R_obs, wR_all, GoF (and R_free) every ``every`` epochs and at the
+    last to ``path`` (JSON lines, so a resumed run keeps the earlier ones)."""
+    last = problem.config.epochs - 1
+
+    def callback(epoch, params, value):
+        if epoch % every and epoch != last:
+            return
+        row = _summary_of(problem, intensities(params), n_params)
+        entry = {"epoch": int(epoch), **{k: row[k] for k in ("wR_all", "R_obs", "GoF", "R_free", "wR_free")
+                                          if k in row}}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    return callback
+
+
+def _summary_of(problem: Refinement, i_calc, n_params: int) -> dict:
+    summary = objective.summary(i_calc, problem.obs, n_params, kind=problem.config.residual)
+    obs_free = getattr(problem, "obs_free", None)
+    if obs_free is not None and hasattr(objective, "free_summary"):
+        summary |= objective.free_summary(i_calc, problem.obs, obs_free, kind=problem.config.residual)
+    return summary
+
+
+def _read_epochs(path: Path, n_epochs: int) -> list[dict]:
+    """The monitor's rows for epochs < n_epochs, the last row of each epoch (a resumed run may repeat some)."""
+    if not path.is_file():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] < n_epochs:
+            rows[row["epoch"]] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def _write_md(out: Path, *, title: str, crystal: Crystal, atoms: AtomParams, experiment: Experiment, obs,
+              i_calc, scales, thickness, report: dict, settings: dict | None, inputs: dict | None,
+              epochs: list[dict], plots: list, sigmas: dict | None = None) -> None:
+    """report.md, the per-frame R plot and the tables they need."""
+    scaled = np.asarray(i_calc) * np.asarray(scales)[:, None]
+    mask = np.asarray(experiment.refl_mask)
+    stats = frame_statistics(np.asarray(experiment.i_obs), np.asarray(experiment.sigma), scaled, mask)
+    theta = np.rad2deg(np.asarray(experiment.theta))
+    plots = list(plots) + [write_frame_plot(out, theta, stats["wR"])]
+    frames = {"frame_id": list(experiment.frame_ids), "alpha_deg": theta, "thickness_A": np.asarray(thickness),
+              "scale": np.asarray(scales), **stats}
+    direct = np.asarray(crystal.direct)
+    u_cart = np.einsum("ij,njk,lk->nil", direct, np.asarray(atoms.u_star), direct)
+    u_eq = np.trace(u_cart, axis1=1, axis2=2) / 3
+    frac = np.asarray(atoms.frac)
+    rows = []
+    for j, label in enumerate(crystal.labels):
+        row = {"label": label, "element": crystal.site_elements[j], "x": frac[j, 0], "y": frac[j, 1],
+               "z": frac[j, 2], "U_eq": u_eq[j], "occupancy": float(np.asarray(atoms.occupancy)[j])}
+        if sigmas is not None and sigmas.get("frac") is not None:
+            for k, axis in enumerate("xyz"):
+                row[f"su_{axis}"] = float(np.asarray(sigmas["frac"])[j, k])
+        if sigmas is not None and sigmas.get("u_eq") is not None:
+            row["su_U_eq"] = float(np.asarray(sigmas["u_eq"])[j])
+        rows.append(row)
+    residuals = largest_residuals(np.asarray(experiment.refl_hkl), np.asarray(experiment.i_obs),
+                                  np.asarray(experiment.sigma), scaled, np.asarray(obs.mask),
+                                  list(experiment.frame_ids))
+    write_markdown_report(out / "report.md", {**report, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
+                          settings=settings, data=data_statistics(crystal, experiment, report, inputs), frames=frames,
+                          parameters=rows, residuals=residuals, epochs=epochs, plots=plots, title=title)
+
+
 def evaluate(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings, thickness: float,
-             out: str | Path) -> dict:
-    """R factors of a model at one thickness, without refining; writes ``out/report.json``."""
+             out: str | Path, *, settings: dict | None = None, inputs: dict | None = None) -> dict:
+    """R factors of a model at one thickness, without refining; writes ``out/report.json`` and ``out/report.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -118,29 +302,91 @@ def evaluate(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch:
     summary = objective.summary(i_calc, obs)
     report = _report_dict(summary, experiment, np.asarray(t), [], time.perf_counter() - t0, {"mode": "evaluate"})
     write_report(out / "report.json", report)
+    scales = np.asarray(summary["scales"])
+    plots = write_plots(out, [], np.rad2deg(np.asarray(experiment.theta)), np.asarray(t), np.asarray(experiment.i_obs),
+                        np.asarray(i_calc) * scales[:, None], np.asarray(experiment.refl_mask))
+    _write_md(out, title="jaxed evaluate", crystal=crystal, atoms=atoms, experiment=experiment, obs=obs, i_calc=i_calc,
+              scales=scales, thickness=np.asarray(t), report=report, settings=settings, inputs=inputs, epochs=[],
+              plots=plots)
     return report
 
 
 def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings, config: RefineConfig,
-           out: str | Path, *, resume: bool = False, progress: bool = True, true_thickness=None) -> dict:
-    """Run a refinement and write refined.cif, report.json, checkpoints and plots into ``out``."""
+           out: str | Path, *, resume: bool = False, progress: bool = True, true_thickness=None,
+           settings: dict | None = None, inputs: dict | None = None, sigmas: dict | None = None) -> dict:
+    """Run a refinement and write refined.cif, report.json, report.md, checkpoints and plots into ``out``
+    (``settings``: the effective settings, recorded in report.md and the CIF).
+
+    Returns:
+        {report, params, problem, atoms (refined), thickness (n_frames,) [Å], i_calc (n_frames, n_refl) unscaled,
+        scales (n_frames,)}.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     problem = Refinement(crystal, atoms, experiment, bloch, config)
+    intensities = jax.jit(problem.intensities)
+    n_params = count_parameters(problem)
+    epochs_file = out / "epochs.jsonl"
+    if not resume and epochs_file.exists():
+        epochs_file.unlink()
+    every = max(1, -(-config.epochs // 20))  # about 20 rows in the per-epoch table
     t0 = time.perf_counter()
-    params, history = run_refinement(problem, out, resume=resume, progress=progress)
+    params, history = run_refinement(problem, out, resume=resume, progress=progress,
+                                     callback=_epoch_monitor(epochs_file, problem, intensities, n_params, every))
     seconds = history[-1]["seconds"] if history else time.perf_counter() - t0
     refined = problem.atoms(params)
     thickness = np.asarray(problem.frame_thickness(params))
-    i_calc = problem.intensities(params)
-    summary = objective.summary(i_calc, problem.obs)
-    write_refined_cif(out / "refined.cif", crystal, refined, summary, thickness, experiment.frame_ids)
+    i_calc = intensities(params)
+    summary = _summary_of(problem, i_calc, n_params)
+    uncertainties = None
+    if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.uncertainty)
+        from jaxed.uncertainty import standard_uncertainties
+
+        uncertainties = standard_uncertainties(problem, params)
+        sigmas = uncertainties.cif_sigmas()
+    cif_info = {**summary, "n_params": n_params, "wavelength": float(_wavelength(experiment.energy_kev)),
+                "settings": settings}
+    mask = np.asarray(experiment.refl_mask)
+    if mask.any():
+        g = np.linalg.norm(np.asarray(experiment.refl_hkl)[mask] @ np.asarray(crystal.reciprocal).T, axis=1)
+        cif_info["d_min"] = float(1 / g.max())
+    write_refined_cif(out / "refined.cif", crystal, refined, cif_info, thickness, experiment.frame_ids, sigmas=sigmas)
     scales = np.asarray(objective.frame_scales(i_calc, problem.obs))
-    write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), thickness, np.asarray(experiment.i_obs),
-                np.asarray(i_calc) * scales[:, None], np.asarray(experiment.refl_mask), true_thickness)
-    extra = {"mode": "refine", "config": dataclasses.asdict(config)}
+    plots = write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), thickness,
+                        np.asarray(experiment.i_obs), np.asarray(i_calc) * scales[:, None],
+                        np.asarray(experiment.refl_mask), true_thickness)
+    extra = {"mode": "refine", "config": dataclasses.asdict(config), "n_params": n_params}
+    if uncertainties is not None:
+        extra["uncertainties"] = uncertainties.report_dict()
     if "orientation" in params:
         extra["tilt_corrections_deg"] = np.rad2deg(np.asarray(params["orientation"])).tolist()
     report = _report_dict(summary, experiment, thickness, history, seconds, extra)
     write_report(out / "report.json", report)
-    return {"report": report, "params": params, "problem": problem, "atoms": refined}
+    _write_md(out, title="jaxed refinement", crystal=crystal, atoms=refined, experiment=experiment, obs=problem.obs,
+              i_calc=i_calc, scales=scales, thickness=thickness, report=report, settings=settings, inputs=inputs,
+              epochs=_read_epochs(epochs_file, len(history)), plots=plots, sigmas=sigmas)
+    return {"report": report, "params": params, "problem": problem, "atoms": refined, "thickness": thickness,
+            "i_calc": np.asarray(i_calc), "scales": scales}
+
+
+def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings,
+                        config: RefineConfig, method: str, log=print) -> Experiment:
+    """The reference paper's per-frame orientation searches, run before a refinement with the starting structure and
+    the starting thickness model fixed: 'hexagonal' (two-angle scan, θ halving) or 'nelder-mead' (three angles).
+
+    Returns the experiment with corrected frame orientations.
+    """
+    from jaxed import orientation
+
+    searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead}
+    if method not in searches:
+        raise JaxedInputError(f"refine_orientation '{method}': expected one of {sorted(searches)}")
+    problem = Refinement(crystal, atoms, experiment, bloch,
+                         dataclasses.replace(config, refine_orientation=False, r_free=0.0))
+    before = orientation.frame_losses(problem, problem.params0)
+    corrected, _ = searches[method](problem, problem.params0, log=log)
+    after = orientation.frame_losses(problem, problem.params0, corrected)
+    mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
+    log(f"orientation search ({method}): mean frame wR_all {np.mean(before):.4f} → {np.mean(after):.4f}, "
+        f"median correction {np.median(mis):.3f}°")
+    return corrected

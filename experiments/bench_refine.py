@@ -1,0 +1,164 @@
+"""Refinement step time on measured quartz: ThicknessNN vs single thickness, BLAS threads, devices, quadrature.
+
+The real-data job of the speed issue: quartz_suresh2024.cif_pets with quartz_P3221.cif, g_max 2.25 / sg_max 0.01,
+R_Sg 0.9, 42 rocking samples, 99 frames, Adam. One process measures, interleaved and repeated (minimum taken):
+
+* the jitted optimiser step (value_and_grad + Adam) for ThicknessNN and for a single thickness (same data);
+* each with the BLAS/LAPACK pool limited to 1 thread (jaxed.batching.blas_threads, the refinement default) and with
+  OpenBLAS's default pool (the behaviour before the fix);
+
+and extrapolates 200 epochs from the step time (compile time reported separately). ``--devices K`` shards the
+frames over K host devices (jaxed.distributed; the flag is applied before JAX is imported).
+
+    python experiments/bench_refine.py --quick                  # 33 frames, 2 repeats
+    python experiments/bench_refine.py --devices 2 --samples 42
+Results are appended to experiments/results/bench_refine.jsonl and the table is rewritten in bench_refine.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _early_devices(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+    return 1
+
+
+DEVICES = _early_devices(sys.argv[1:])
+if DEVICES > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={DEVICES}").strip()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_platforms", "cpu")
+
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from jaxed.bloch import BlochSettings  # noqa: E402
+from jaxed.crystal import load_structure  # noqa: E402
+from jaxed.distributed import frame_mesh, replicate, shard_experiment  # noqa: E402
+from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
+from jaxed.pets import read_pets  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement  # noqa: E402
+from jaxed.workflow import parse_frames  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "experiments" / "results"
+
+
+def build(args):
+    crystal, atoms = load_structure(SHARED / "structures" / "quartz_P3221.cif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = read_pets(SHARED / "pets" / "quartz_suresh2024.cif_pets")
+    chosen = parse_frames(args.frames, len(data.alpha))
+    if chosen is not None:
+        data = data.subset_frames(chosen)
+    settings = ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25, r_sg_max=0.9, n_samples=args.samples,
+                                  quadrature=args.quadrature)
+    exp = prepare_experiment(data, crystal, settings)
+    return crystal, atoms, exp
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", default="all", help="frame selection (jaxed refine --frames syntax)")
+    ap.add_argument("--samples", type=int, default=42)
+    ap.add_argument("--quadrature", choices=("midpoint", "gauss"), default="midpoint")
+    ap.add_argument("--devices", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-default-blas", action="store_true", help="skip the (slow) default-BLAS-pool measurement")
+    ap.add_argument("--quick", action="store_true", help="every 3rd frame (33), 2 repeats")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats = ("every:3" if args.frames == "all" else args.frames), 2
+    crystal, atoms, exp = build(args)
+    bloch = BlochSettings(exp.energy_kev)
+    mesh = frame_mesh() if args.devices > 1 else None
+    if mesh is not None:
+        exp = shard_experiment(exp, mesh)
+    n_real = int(np.asarray(exp.beams.mask).sum(1).mean())
+    print(f"{exp.n_frames} frames, N = {exp.beams.n_beams} (mean real {n_real}), {args.samples} samples, "
+          f"{len(jax.devices())} device(s)", flush=True)
+    steps = {}
+    for model in ("nn", "single"):
+        config = RefineConfig(thickness_model=model, thickness_init=820.0, epochs=200, lr=1e-3, checkpoint_every=0,
+                              thickness_range=(50.0, 3000.0))
+        problem = Refinement(crystal, atoms, exp, bloch, config)
+        params = problem.params0 if mesh is None else replicate(problem.params0, mesh)
+        state = problem.init_state(params)
+        step = problem.make_step()
+        key = jax.random.PRNGKey(0)
+        t0 = time.perf_counter()
+        with threadpool_limits(1, user_api="blas"):
+            jax.block_until_ready(step(params, state, key))
+        compile_s = time.perf_counter() - t0
+        steps[model] = (step, params, state, key, compile_s)
+        print(f"  {model}: compile + first step {compile_s:.1f} s", flush=True)
+    blas_modes = ("1",) if args.no_default_blas else ("1", "default")
+    times = {(m, b): [] for m in steps for b in blas_modes}
+    for _ in range(args.repeats):
+        for (model, blas) in times:
+            step, params, state, key, _ = steps[model]
+            limit = 1 if blas == "1" else None
+            with threadpool_limits(limit, user_api="blas"):
+                t0 = time.perf_counter()
+                jax.block_until_ready(step(params, state, key))
+                times[(model, blas)].append(time.perf_counter() - t0)
+            print(f"  {model} blas={blas}: {times[(model, blas)][-1]:.2f} s", flush=True)
+    load = os.getloadavg()[0]
+    rows = []
+    for (model, blas), ts in times.items():
+        rows.append({"frames": exp.n_frames, "n_beams": exp.beams.n_beams, "samples": args.samples,
+                     "quadrature": args.quadrature, "devices": args.devices, "model": model, "blas_threads": blas,
+                     "step_min_s": min(ts), "step_median_s": float(np.median(ts)), "compile_s": steps[model][4],
+                     "epochs200_s": 200 * min(ts), "load_avg": load})
+    base = {r["model"]: r["step_min_s"] for r in rows if r["blas_threads"] == "1"}
+    for r in rows:
+        r["ratio_to_single_blas1"] = r["step_min_s"] / base["single"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "bench_refine.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    write_table()
+    for r in rows:
+        print(json.dumps(r))
+    return 0
+
+
+def write_table() -> None:
+    rows = [json.loads(line) for line in (RESULTS / "bench_refine.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["# Refinement step benchmark (experiments/bench_refine.py)", "",
+             f"CPU: {platform.machine()}, {os.cpu_count()} cores, **shared with other jobs during the measurements** "
+             "(load average in the table); jax " + jax.__version__ + ", float64. Measured quartz "
+             "(quartz_suresh2024 + quartz_P3221.cif, g_max 2.25, sg_max 0.01, R_Sg 0.9). One jitted Adam step = "
+             "forward + gradient of wR_all over all frames × samples. Minimum over interleaved repeats; "
+             "'ratio' = step time / single-thickness step with 1 BLAS thread, same process. "
+             "200-epoch time = 200 × step (compile excluded, reported separately).", "",
+             "| frames | N | samples | quadrature | devices | model | BLAS threads | step min [s] | step median [s] "
+             "| ratio | compile [s] | 200 epochs [s] | load avg |", "|" + "---|" * 13]
+    for r in rows:
+        lines.append(f"| {r['frames']} | {r['n_beams']} | {r['samples']} | {r['quadrature']} | {r['devices']} "
+                     f"| {r['model']} | {r['blas_threads']} | {r['step_min_s']:.2f} | {r['step_median_s']:.2f} "
+                     f"| {r['ratio_to_single_blas1']:.2f} | {r['compile_s']:.0f} | {r['epochs200_s']:.0f} "
+                     f"| {r['load_avg']:.1f} |")
+    (RESULTS / "bench_refine.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Memory model and frame chunking (jaxed.batching), Gauss–Legendre rocking quadrature (jaxed.experiment)."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxed.batching import bytes_per_frame, frames_per_batch
+from jaxed.bloch import BlochSettings
+from jaxed.crystal import load_structure
+from jaxed.demo import demo_files
+from jaxed.errors import JaxedInputError
+from jaxed.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
+from jaxed.pets import read_pets
+
+
+@pytest.fixture(scope="module")
+def small():
+    structure, data_path, _ = demo_files()
+    crystal, atoms = load_structure(structure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = read_pets(data_path).subset_frames([0, 4, 8, 12, 16])
+    exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2, n_samples=4))
+    return crystal, atoms, data, exp, BlochSettings(exp.energy_kev)
+
+
+def test_memory_model_bounds_xla_memory_analysis(small):
+    # XLA's compiled temp buffers of forward and forward+gradient for the 5 frames: the model (5 × bytes_per_frame)
+    # must not under-estimate them, and must not exceed them by more than 3× (it picks the batch size).
+    crystal, atoms, _, exp, bloch = small
+    t = jnp.full(exp.n_frames, 600.0)
+    f = lambda a, t: jnp.sum(integrated_intensities(a, crystal, exp, t, bloch))  # noqa: E731
+    for gradient, fn in ((False, f), (True, jax.grad(f, argnums=(0, 1)))):
+        measured = jax.jit(fn).lower(atoms, t).compile().memory_analysis().temp_size_in_bytes
+        model = exp.n_frames * bytes_per_frame(exp.beams.n_beams, 4, gradient=gradient)
+        assert measured <= model <= 3 * measured, (gradient, measured, model)
+
+
+def test_frames_per_batch_fits_or_says_how_much_is_needed():
+    # CsPbBr₃-sized frames (N = 850, 60 samples): ≈ 4.2 GB each with the gradient. A 24 GiB host takes 3 frames per
+    # step, a 16 GiB GPU 2; everything fitting means no chunking (n_frames); 4 GiB cannot hold one frame: one line.
+    assert bytes_per_frame(850, 60) == pytest.approx(4.19e9, rel=0.01)
+    assert frames_per_batch(59, 850, 60, memory_bytes=24 * 1024**3) == 3
+    assert frames_per_batch(59, 850, 60, memory_bytes=16 * 1024**3) == 2
+    assert frames_per_batch(99, 40, 42, memory_bytes=8 * 1024**3) == 99
+    assert frames_per_batch(99, 104, 42, memory_bytes=8 * 1024**3, n_devices=4) == 99
+    with pytest.raises(JaxedInputError, match=r"one frame needs ≈ 3\.9 GiB \(850 beams × 60 samples") as info:
+        frames_per_batch(59, 850, 60, memory_bytes=4 * 1024**3)
+    assert "\n" not in str(info.value)
+
+
+def test_chunked_frames_equal_one_vmapped_call(small):
+    # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities and
+    # gradient w.r.t. positions/ADPs and thickness to rtol 1e-12 (float64, same operations per frame).
+    crystal, atoms, _, exp, bloch = small
+    t = jnp.linspace(500.0, 700.0, exp.n_frames)
+    w = jnp.asarray(np.random.default_rng(0).uniform(size=np.shape(exp.refl_mask)))
+
+    def loss(a, t, k):
+        return jnp.sum(w * integrated_intensities(a, crystal, exp, t, bloch, frames_per_batch=k))
+
+    i_all = integrated_intensities(atoms, crystal, exp, t, bloch)
+    i_chunk = integrated_intensities(atoms, crystal, exp, t, bloch, frames_per_batch=2)
+    np.testing.assert_allclose(np.asarray(i_chunk), np.asarray(i_all), rtol=1e-12, atol=1e-15)
+    g_all = jax.grad(loss, argnums=(0, 1))(atoms, t, None)
+    g_chunk = jax.grad(loss, argnums=(0, 1))(atoms, t, 2)
+    for a, b in zip(jax.tree_util.tree_leaves(g_chunk), jax.tree_util.tree_leaves(g_all)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14 * float(np.max(np.abs(b))))
+
+
+def test_gauss_legendre_quadrature(small):
+    # Nodes in (−1, 1), weights summing to 1, exact for x^(2n−1) (mean of x^6 on [−1, 1] = 1/7 with n = 4, to 1e-14);
+    # the midpoint default leaves sample_weights None (the plain mean, unchanged behaviour); the gauss weights are
+    # attached per frame and the intensities stay finite and positive.
+    x, w = _quadrature_nodes(4, "gauss")
+    assert np.all(np.abs(x) < 1) and np.sum(w) == pytest.approx(1.0, abs=1e-14)
+    assert np.sum(w * x**6) == pytest.approx(1 / 7, abs=1e-14)
+    xm, wm = _quadrature_nodes(4, "midpoint")
+    assert np.allclose(xm, [-0.75, -0.25, 0.25, 0.75]) and np.allclose(wm, 0.25)
+    crystal, atoms, data, exp, bloch = small
+    assert exp.sample_weights is None
+    gauss = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2,
+                                                                 n_samples=4, quadrature="gauss"))
+    assert np.shape(gauss.sample_weights) == (5, 4)
+    i = np.asarray(integrated_intensities(atoms, crystal, gauss, jnp.full(5, 600.0), bloch))
+    assert np.all(np.isfinite(i)) and np.all(i[np.asarray(gauss.refl_mask)] >= 0)
+    with pytest.raises(JaxedInputError, match="quadrature"):
+        prepare_experiment(data, crystal, ExperimentSettings(n_samples=4, quadrature="simpson"))
