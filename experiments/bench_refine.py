@@ -39,6 +39,7 @@ DEVICES = _early_devices(sys.argv[1:])
 if DEVICES > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={DEVICES}").strip()
+    os.environ.setdefault("PJRT_NPROC", str(max(2 * DEVICES, os.cpu_count() or 1)))  # see jaxed.distributed
 
 import jax  # noqa: E402
 

@@ -146,12 +146,15 @@ def run(args) -> dict:
 
 def summary() -> None:
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    print("| sample | data | model | start | wR_all | ASU RMSD (Å) | ‖ΔU‖_F (Å²) | paper wR / RMSD / ‖ΔU‖ | epochs | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| sample | data | model | start | frames step / samples / g_max | N_all | wR_all | ASU RMSD (Å) | ‖ΔU‖_F (Å²) | "
+          "paper wR / RMSD / ‖ΔU‖ | epochs | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p = PAPER[r["sample"]][r["model"]]
         start = f"#{r['start']}" if r["source"] == "paper" else f"Δ{r['delta']} I{r['imax']:g}"
-        print(f"| {r['sample']} | {r['source']} | {r['model']} | {start} | {r['wR_all']:.4f} | {r['rmsd_A']:.4f} | "
+        size = f"{r.get('frame_step', 1)} / {r.get('n_samples', '?')} / {r.get('g_max', 'default')}"
+        print(f"| {r['sample']} | {r['source']} | {r['model']} | {start} | {size} | {r.get('N_all', '?')} | "
+              f"{r['wR_all']:.4f} | {r['rmsd_A']:.4f} | "
               f"{r['adp_frobenius']:.4f} | {p[0]} / {p[1]} / {p[2]} | {r['epochs']} | {r['seconds']:.0f} |")
 
 

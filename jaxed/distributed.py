@@ -13,7 +13,9 @@ A :class:`jaxed.refine.Refinement` built on a sharded experiment needs nothing e
 partitioner runs each device's frames locally (the ``vmap`` over frames is split along the sharded axis; batched
 ``eigh`` is partitioned along its batch dimension) and inserts the all-reduce of the sums of the loss and of the
 gradient, which come back replicated. On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (set before
-JAX is imported) gives K host devices, so that the cores work on different frames at once.
+JAX is imported) gives K host devices, so that the cores work on different frames at once; also set
+``PJRT_NPROC`` ≥ 2K (the CPU client's thread count): with its default of one thread per core, K devices on fewer
+busy cores could deadlock in the in-process all-reduce (seen with K = 4 on 2 shared cores).
 
 Multi-host: call :func:`initialize` (a thin wrapper of ``jax.distributed.initialize``) at the start of every process,
 then build the mesh with ``frame_mesh()``; the arrays are created from the same host data on every process.

@@ -48,9 +48,10 @@ class ExperimentSettings:
         precession: None: from the file; True/False to force.
         energy_kev: None: from the data's wavelength.
         quadrature: rocking-curve quadrature of continuous-rotation frames: 'midpoint' (N equal sub-intervals, equal
-            weights) or 'gauss' (Gauss–Legendre nodes and weights on [−φ, φ]: the same accuracy with fewer samples
-            for smooth rocking curves; experiments/results/bench_quadrature.md). Precession cones always use equally
-            spaced azimuths (periodic integrand).
+            weights) or 'gauss' (Gauss–Legendre nodes and weights on [−φ, φ]; exact for smooth integrands, but the
+            rocking curves of thick crystals are narrower than the sample spacing and the midpoint rule was
+            measured better: experiments/results/bench_quadrature.md). Precession cones always use equally spaced
+            azimuths (periodic integrand).
     """
 
     g_max: float = 1.6

@@ -91,7 +91,7 @@ class RefineConfig:
     checkpoint_every: int = 10
     seed: int = 0
     lsq_jacobian: str = "auto"
-    lsq_damping: float = 1e-3
+    lsq_damping: float = 1e-4
     lsq_ftol: float = 1e-8
     hybrid_adam_steps: int = 10
     r_free: float = 0.0

@@ -64,7 +64,9 @@ def test_sharded_loss_and_gradient_equal_single_device():
     # loss equal to rtol 1e-12, gradient (all parameters: positions, ADPs, ThicknessNN) to 1e-10 of its largest
     # component; the result is spread over 4 devices, the gradient comes back replicated, and a repeat is bitwise
     # identical (deterministic on CPU).
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    # PJRT_NPROC: enough CPU-client threads for the 4 device programs to meet in their all-reduce (with the
+    # default, one per core, 4 devices on 2 busy cores sometimes deadlocked)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PJRT_NPROC="8",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=900)
