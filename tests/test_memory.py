@@ -51,6 +51,7 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: run with -m slow
 def test_chunked_frames_equal_one_vmapped_call(small):
     # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities and
     # gradient w.r.t. positions/ADPs and thickness to rtol 1e-12 (float64, same operations per frame).

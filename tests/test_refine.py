@@ -179,6 +179,7 @@ def test_refine_and_evaluate_commands(tmp_path, capsys):
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: run with -m slow
 def test_minibatch_and_thickness_sampling(demo):
     # A minibatch of one frame equals that frame's own full-batch loss (tol 1e-12); reparameterised thickness draws
     # give a finite loss and gradient, different from the mean-thickness loss, and Adam runs with both.
