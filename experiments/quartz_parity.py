@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from jaxed import orientation  # noqa: E402
 from jaxed.experiment import ExperimentSettings  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement  # noqa: E402
-from jaxed.workflow import load_problem  # noqa: E402
+from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -54,12 +54,9 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.method != "none":
         log = lambda s: print(s, flush=True)  # noqa: E731
-        if args.method == "hexagonal":
-            corrected, _ = orientation.hexagonal_scan(problem, problem.params0, theta_min_deg=args.theta_min,
-                                                      max_rounds=args.max_rounds, log=log)
-        else:
-            fn = {"nelder-mead": orientation.nelder_mead, "gradient": orientation.gradient_tilts}[args.method]
-            corrected, _ = fn(problem, problem.params0, log=log)
+        options = (dict(theta_min_deg=args.theta_min, max_rounds=args.max_rounds)
+                   if args.method == "hexagonal" else {})
+        corrected = search_orientations(crystal, atoms, exp, bloch, config, args.method, log=log, **options)
         problem = Refinement(crystal, atoms, corrected, bloch, config)
     seconds = time.perf_counter() - t0
     after = problem.summary(problem.params0)

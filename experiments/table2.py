@@ -34,10 +34,10 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from jaxed import objective, orientation  # noqa: E402
+from jaxed import objective  # noqa: E402
 from jaxed.experiment import ExperimentSettings  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
-from jaxed.workflow import load_problem  # noqa: E402
+from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -122,13 +122,10 @@ def run(args) -> dict:
         f"N_obs {before['N_obs']} N_all {before['N_all']} ({timing['thickness_scan_s']:.0f} s)")
     if args.orientation != "none":
         t1 = time.perf_counter()
-        problem = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_best))
-        if args.orientation == "hexagonal":
-            exp, _ = orientation.hexagonal_scan(problem, problem.params0, theta_min_deg=args.theta_min,
-                                                max_rounds=args.max_rounds, log=log)
-        else:
-            fn = {"nelder-mead": orientation.nelder_mead, "gradient": orientation.gradient_tilts}[args.orientation]
-            exp, _ = fn(problem, problem.params0, log=log)
+        options = (dict(theta_min_deg=args.theta_min, max_rounds=args.max_rounds)
+                   if args.orientation == "hexagonal" else {})
+        exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_best),
+                                  args.orientation, log=log, **options)
         timing["orientation_s"] = time.perf_counter() - t1
         problem = Refinement(crystal, atoms, exp, bloch, single)
         t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))

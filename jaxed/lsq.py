@@ -408,7 +408,7 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
     def record(i, p, loss, extra):
         entry = {"epoch": start + i, "loss": float(loss), "seconds": t_prev + extra["seconds"],
                  "damping": float(extra.get("damping", 0.0))}
-        if getattr(problem, "obs_free", None) is not None:
+        if problem.obs_free is not None:
             entry.update(problem.epoch_metrics(p))
         history.append(entry)
         if progress:

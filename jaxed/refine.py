@@ -211,8 +211,11 @@ class Refinement:
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats); with an R_free set, R_obs etc. are of the work set
         and R_free, wR_free, N_free are added."""
-        i_calc = self.intensities(params)
-        out = objective.summary(i_calc, self.obs, kind=self.config.residual)
+        return self.summarize(self.intensities(params))
+
+    def summarize(self, i_calc: jax.Array, n_params: int = 0) -> dict:
+        """As :meth:`summary`, from calculated intensities (``n_params`` for the GoF)."""
+        out = objective.summary(i_calc, self.obs, n_params, kind=self.config.residual)
         if self.obs_free is not None:
             out |= objective.free_summary(i_calc, self.obs, self.obs_free, kind=self.config.residual)
         return out

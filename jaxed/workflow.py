@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed import objective
+from jaxed.batching import MATRICES_PER_SAMPLE
 from jaxed.bloch import BlochSettings
 from jaxed.constants import wavelength as _wavelength
 from jaxed.crystal import AtomParams, Crystal, load_structure
@@ -26,8 +27,8 @@ from jaxed.report import (frame_statistics, largest_residuals, write_frame_plot,
 __all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config", "check_structure", "check_memory",
            "estimate_bloch_bytes"]
 
-#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): "a few"
-_BLOCH_COPIES = 4
+#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): jaxed.batching's count
+_BLOCH_COPIES = MATRICES_PER_SAMPLE
 
 
 def parse_frames(text: str | None, n_frames: int) -> np.ndarray | None:
@@ -224,21 +225,13 @@ def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, 
     def callback(epoch, params, value):
         if epoch % every and epoch != last:
             return
-        row = _summary_of(problem, intensities(params), n_params)
+        row = problem.summarize(intensities(params), n_params)
         entry = {"epoch": int(epoch), **{k: row[k] for k in ("wR_all", "R_obs", "GoF", "R_free", "wR_free")
                                           if k in row}}
         with open(path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
     return callback
-
-
-def _summary_of(problem: Refinement, i_calc, n_params: int) -> dict:
-    summary = objective.summary(i_calc, problem.obs, n_params, kind=problem.config.residual)
-    obs_free = getattr(problem, "obs_free", None)
-    if obs_free is not None and hasattr(objective, "free_summary"):
-        summary |= objective.free_summary(i_calc, problem.obs, obs_free, kind=problem.config.residual)
-    return summary
 
 
 def _read_epochs(path: Path, n_epochs: int) -> list[dict]:
@@ -337,7 +330,7 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
     refined = problem.atoms(params)
     thickness = np.asarray(problem.frame_thickness(params))
     i_calc = intensities(params)
-    summary = _summary_of(problem, i_calc, n_params)
+    summary = problem.summarize(i_calc, n_params)
     uncertainties = None
     if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.uncertainty)
         from jaxed.uncertainty import standard_uncertainties
@@ -370,21 +363,23 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
 
 
 def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings,
-                        config: RefineConfig, method: str, log=print) -> Experiment:
-    """The reference paper's per-frame orientation searches, run before a refinement with the starting structure and
-    the starting thickness model fixed: 'hexagonal' (two-angle scan, θ halving) or 'nelder-mead' (three angles).
+                        config: RefineConfig, method: str, log=print, **options) -> Experiment:
+    """Per-frame orientation searches run before a refinement, with the starting structure and the starting
+    thickness model fixed: the reference paper's 'hexagonal' (two-angle scan, θ halving) and 'nelder-mead' (three
+    angles), or 'gradient' (two tilts by Adam). ``options`` go to the search (e.g. ``max_rounds``).
 
     Returns the experiment with corrected frame orientations.
     """
     from jaxed import orientation
 
-    searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead}
+    searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead,
+                "gradient": orientation.gradient_tilts}
     if method not in searches:
         raise JaxedInputError(f"refine_orientation '{method}': expected one of {sorted(searches)}")
     problem = Refinement(crystal, atoms, experiment, bloch,
                          dataclasses.replace(config, refine_orientation=False, r_free=0.0))
     before = orientation.frame_losses(problem, problem.params0)
-    corrected, _ = searches[method](problem, problem.params0, log=log)
+    corrected, _ = searches[method](problem, problem.params0, log=log, **options)
     after = orientation.frame_losses(problem, problem.params0, corrected)
     mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
     log(f"orientation search ({method}): mean frame wR_all {np.mean(before):.4f} → {np.mean(after):.4f}, "
