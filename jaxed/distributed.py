@@ -88,7 +88,9 @@ def shard_experiment(experiment: Experiment, mesh: Mesh) -> Experiment:
         refl_beam=put(experiment.refl_beam), refl_hkl=put(experiment.refl_hkl), i_obs=put(experiment.i_obs, True),
         sigma=put(np.where(np.asarray(experiment.refl_mask), experiment.sigma, 1.0)),
         refl_mask=put(experiment.refl_mask, True),
-        sample_weights=None if experiment.sample_weights is None else put(experiment.sample_weights))
+        sample_weights=None if experiment.sample_weights is None else put(experiment.sample_weights),
+        sample_beams=None if experiment.sample_beams is None else put(experiment.sample_beams),
+        sample_beam_mask=None if experiment.sample_beam_mask is None else put(experiment.sample_beam_mask))
 
 
 def replicate(tree, mesh: Mesh):

@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent("""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = read_pets(data_path).subset_frames([0, 3, 6, 9, 12, 15, 18])  # 7 frames: padded to 8 on 4 devices
-    exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, n_samples=4))
+    exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, n_samples=4,
+                                                               beam_selection="sample"))  # per-sample beams padded too
     config = RefineConfig(thickness_model="nn", thickness_init=650.0, refine_orientation=False)
     bloch = BlochSettings(exp.energy_kev)
     single = Refinement(crystal, atoms, exp, bloch, config)
