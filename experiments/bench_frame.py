@@ -53,8 +53,18 @@ CASES = {
     "quartz N≤40": dict(structure="structures/quartz_P3221.cif", data="pets/quartz_suresh2024.cif_pets", frame=10,
                         settings=ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25, n_samples=42,
                                                     max_beams=40)),
+    "quartz per-sample": dict(structure="structures/quartz_P3221.cif", data="pets/quartz_suresh2024.cif_pets",
+                              frame=10, settings=ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25,
+                                                                    n_samples=42, beam_selection="sample")),
+    "quartz per-sample N≤40": dict(structure="structures/quartz_P3221.cif", data="pets/quartz_suresh2024.cif_pets",
+                                   frame=10, settings=ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25,
+                                                                         n_samples=42, beam_selection="sample",
+                                                                         max_beams=40)),
     "CsPbBr3": dict(structure="structures/cspbbr3_Pbnm.cif", data="pets/cspbbr3_suresh2024.cif_pets", frame=10,
                     settings=ExperimentSettings(g_max=2.3, sg_max=0.02, g_max_refine=2.0, n_samples=60)),
+    "CsPbBr3 per-sample": dict(structure="structures/cspbbr3_Pbnm.cif", data="pets/cspbbr3_suresh2024.cif_pets",
+                               frame=10, settings=ExperimentSettings(g_max=2.3, sg_max=0.02, g_max_refine=2.0,
+                                                                     n_samples=60, beam_selection="sample")),
 }
 
 
@@ -75,8 +85,9 @@ def run_case(name, spec, samples, repeats, with_expm):
         data = read_pets(SHARED / spec["data"], drop_bad_sigma=True).subset_frames([spec["frame"]])
     settings = dataclasses.replace(spec["settings"], n_samples=samples)
     exp = prepare_experiment(data, crystal, settings)
-    n = exp.beams.n_beams
-    n_real = int(np.asarray(exp.beams.mask).sum())
+    n = exp.matrix_size
+    n_real = (round(float(np.asarray(exp.sample_beam_mask).sum(-1).mean())) if exp.sample_beams is not None
+              else int(np.asarray(exp.beams.mask).sum()))  # mean over samples for per-sample beam sets
     bloch = BlochSettings(exp.energy_kev)
     t = jnp.full(1, 800.0)
     w = jnp.asarray(np.random.default_rng(0).uniform(size=np.shape(exp.refl_mask)))
@@ -116,26 +127,38 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=list(CASES))
+    ap.add_argument("--merge", action="store_true", help="keep the table rows of cases not re-run")
     args = ap.parse_args(argv)
     rows = []
+    out_path = ROOT / "experiments" / "results" / "bench_frame.md"
+    if args.merge and out_path.exists():  # keep the rows of cases not re-run
+        old = [line for line in out_path.read_text().splitlines() if line.startswith("| ") and "---" not in line
+               and not line.startswith("| case")]
+        kept = [line for line in old if line.split("|")[1].strip() not in args.cases]
+        kept_checks = [c for line in out_path.read_text().splitlines() if "expm vs eigh" in line
+                       for c in line.split("; ") if c.split(":")[0] not in args.cases]
+    else:
+        kept, kept_checks = [], []
     with blas_threads(1):
         for name in args.cases:
             spec = CASES[name]
             full = spec["settings"].n_samples
-            samples = 2 if (args.quick and name == "CsPbBr3") else full
-            with_expm = not (args.quick and name == "CsPbBr3")
+            samples = 2 if (args.quick and name.startswith("CsPbBr3")) else full
+            with_expm = not (args.quick and name.startswith("CsPbBr3"))
             r = run_case(name, spec, samples, 2 if args.quick else args.repeats, with_expm)
             r["full_samples"] = full
             rows.append(r)
     scale = lambda r: r["full_samples"] / r["samples"]  # noqa: E731
     lines = ["# Per-frame benchmark (experiments/bench_frame.py)", "",
-             f"CPU x86_64, {os.cpu_count()} cores **shared with 3 other engineers' jobs (load average 5–9)**, 1 BLAS "
-             f"thread, jax {jax.__version__}, float64. ms per frame with all its rocking samples; minimum over "
+             f"CPU x86_64, {os.cpu_count()} cores, 1 BLAS thread, jax {jax.__version__}, float64; rows re-run on "
+             f"{time.strftime('%Y-%m-%d')} at load average {os.getloadavg()[0]:.1f} (rows kept by --merge keep their "
+             "earlier conditions; see the notes below the table). ms per frame with all its rocking samples; minimum over "
              "interleaved repeats in one process. '×': measured with fewer samples and scaled linearly to the full "
              "count (the work is linear in the samples). Ratios are within one process, so they are robust to the "
              "shared load; the absolute times are not.", "",
              "| case | N (real) | samples | jaxed fwd | jaxed fwd+grad | expm fwd+grad | eigh limit | fwd/eigh "
              "| (fwd+grad)/fwd | expm/jaxed (fwd+grad) |", "|" + "---|" * 10]
+    lines += kept
     for r in rows:
         s = scale(r)
         mark = " ×" if s != 1 else ""
@@ -148,8 +171,8 @@ def main(argv=None):
             f"| {1e3 * s * r['fwd']:.0f}{mark} | {1e3 * s * r['fwd_grad']:.0f}{mark} "
             f"| {expm_ms} | {1e3 * s * r['eigh']:.0f}{mark} "
             f"| {r['fwd'] / r['eigh']:.2f} | {r['fwd_grad'] / r['fwd']:.2f} | {expm_ratio} |")
-    checks = [f"{r['case']}: expm vs eigh intensities max |ΔI|/I_max = {r['expm_vs_eigh_maxrel']:.1e}"
-              for r in rows if "expm_vs_eigh_maxrel" in r]
+    checks = kept_checks + [f"{r['case']}: expm vs eigh intensities max |ΔI|/I_max = {r['expm_vs_eigh_maxrel']:.1e}"
+                            for r in rows if "expm_vs_eigh_maxrel" in r]
     text = "\n".join(lines) + "\n\n" + "; ".join(checks) + "\n"
     (ROOT / "experiments" / "results" / "bench_frame.md").write_text(text)
     print(text)

@@ -68,7 +68,7 @@ def main(argv=None):
         obs = objective.prepare_observations(jnp.asarray(exp.i_obs), jnp.asarray(exp.sigma), jnp.asarray(exp.refl_mask))
         s = objective.summary(jnp.asarray(i_calc, jnp.float64), obs)
         row = {"quadrature": quad, "samples": ns, "precision": prec, "R_obs": 100 * s["R_obs"],
-               "wR_all": 100 * s["wR_all"], "seconds": min(times), "frames": exp.n_frames, "N": exp.beams.n_beams}
+               "wR_all": 100 * s["wR_all"], "seconds": min(times), "frames": exp.n_frames, "N": exp.matrix_size}
         if ref is None:
             ref = row
         row["dR_obs"] = row["R_obs"] - ref["R_obs"]

@@ -36,6 +36,7 @@ def _early_devices(argv) -> int:
 
 
 DEVICES = _early_devices(sys.argv[1:])
+FLOAT32 = "--float32" in sys.argv[1:]
 if DEVICES > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={DEVICES}").strip()
@@ -43,7 +44,7 @@ if DEVICES > 1:
 
 import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", not FLOAT32)
 jax.config.update("jax_platforms", "cpu")
 
 import numpy as np  # noqa: E402
@@ -71,7 +72,7 @@ def build(args):
     if chosen is not None:
         data = data.subset_frames(chosen)
     settings = ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25, r_sg_max=0.9, n_samples=args.samples,
-                                  quadrature=args.quadrature)
+                                  quadrature=args.quadrature, beam_selection=args.beams, max_beams=args.max_beams)
     exp = prepare_experiment(data, crystal, settings)
     return crystal, atoms, exp
 
@@ -82,6 +83,10 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=42)
     ap.add_argument("--quadrature", choices=("midpoint", "gauss"), default="midpoint")
     ap.add_argument("--devices", type=int, default=1)
+    ap.add_argument("--beams", choices=("frame", "sample"), default="frame", help="Bloch matrix per frame or per sample")
+    ap.add_argument("--max-beams", type=int, default=None, help="cap on the beams of a matrix")
+    ap.add_argument("--float32", action="store_true", help="complex64 (read before JAX starts)")
+    ap.add_argument("--models", nargs="+", default=["nn", "single"], choices=("nn", "single"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-default-blas", action="store_true", help="skip the (slow) default-BLAS-pool measurement")
     ap.add_argument("--quick", action="store_true", help="every 3rd frame (33), 2 repeats")
@@ -94,10 +99,10 @@ def main(argv=None) -> int:
     if mesh is not None:
         exp = shard_experiment(exp, mesh)
     n_real = int(np.asarray(exp.beams.mask).sum(1).mean())
-    print(f"{exp.n_frames} frames, N = {exp.beams.n_beams} (mean real {n_real}), {args.samples} samples, "
+    print(f"{exp.n_frames} frames, N = {exp.matrix_size} (mean real {n_real}), {args.samples} samples, "
           f"{len(jax.devices())} device(s)", flush=True)
-    steps = {}
-    for model in ("nn", "single"):
+    steps, r_start = {}, {}
+    for model in args.models:
         config = RefineConfig(thickness_model=model, thickness_init=820.0, epochs=200, lr=1e-3, checkpoint_every=0,
                               thickness_range=(50.0, 3000.0))
         problem = Refinement(crystal, atoms, exp, bloch, config)
@@ -110,7 +115,10 @@ def main(argv=None) -> int:
             jax.block_until_ready(step(params, state, key))
         compile_s = time.perf_counter() - t0
         steps[model] = (step, params, state, key, compile_s)
-        print(f"  {model}: compile + first step {compile_s:.1f} s", flush=True)
+        summ = problem.summary(params)  # R factors at the start (structure of the CIF, 820 Å, PETS orientations)
+        r_start[model] = (float(summ["R_obs"]), float(summ["wR_all"]))
+        print(f"  {model}: compile + first step {compile_s:.1f} s; R_obs {100 * r_start[model][0]:.3f} %, "
+              f"wR_all {100 * r_start[model][1]:.3f} %", flush=True)
     blas_modes = ("1",) if args.no_default_blas else ("1", "default")
     times = {(m, b): [] for m in steps for b in blas_modes}
     for _ in range(args.repeats):
@@ -125,13 +133,15 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     rows = []
     for (model, blas), ts in times.items():
-        rows.append({"frames": exp.n_frames, "n_beams": exp.beams.n_beams, "samples": args.samples,
+        rows.append({"frames": exp.n_frames, "n_beams": exp.matrix_size, "samples": args.samples,
                      "quadrature": args.quadrature, "devices": args.devices, "model": model, "blas_threads": blas,
                      "step_min_s": min(ts), "step_median_s": float(np.median(ts)), "compile_s": steps[model][4],
-                     "epochs200_s": 200 * min(ts), "load_avg": load})
+                     "epochs200_s": 200 * min(ts), "load_avg": load, "beams": args.beams,
+                     "max_beams": args.max_beams, "precision": "float32" if FLOAT32 else "float64",
+                     "R_obs_start": r_start[model][0], "wR_all_start": r_start[model][1]})
     base = {r["model"]: r["step_min_s"] for r in rows if r["blas_threads"] == "1"}
     for r in rows:
-        r["ratio_to_single_blas1"] = r["step_min_s"] / base["single"]
+        r["ratio_to_single_blas1"] = r["step_min_s"] / base.get("single", np.nan)
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "bench_refine.jsonl", "a") as f:
         for r in rows:
@@ -151,13 +161,17 @@ def write_table() -> None:
              "forward + gradient of wR_all over all frames × samples. Minimum over interleaved repeats; "
              "'ratio' = step time / single-thickness step with 1 BLAS thread, same process. "
              "200-epoch time = 200 × step (compile excluded, reported separately).", "",
-             "| frames | N | samples | quadrature | devices | model | BLAS threads | step min [s] | step median [s] "
-             "| ratio | compile [s] | 200 epochs [s] | load avg |", "|" + "---|" * 13]
+             "| frames | beams | N | samples | quadrature | precision | devices | model | BLAS threads | step min [s] "
+             "| step median [s] | ratio | compile [s] | 200 epochs [s] | R_obs start [%] | load avg |",
+             "|" + "---|" * 16]
     for r in rows:
-        lines.append(f"| {r['frames']} | {r['n_beams']} | {r['samples']} | {r['quadrature']} | {r['devices']} "
+        beams = r.get("beams", "frame") + (f" ≤{r['max_beams']}" if r.get("max_beams") else "")
+        r_obs = f"{100 * r['R_obs_start']:.3f}" if "R_obs_start" in r else "—"
+        lines.append(f"| {r['frames']} | {beams} | {r['n_beams']} | {r['samples']} | {r['quadrature']} "
+                     f"| {r.get('precision', 'float64')} | {r['devices']} "
                      f"| {r['model']} | {r['blas_threads']} | {r['step_min_s']:.2f} | {r['step_median_s']:.2f} "
                      f"| {r['ratio_to_single_blas1']:.2f} | {r['compile_s']:.0f} | {r['epochs200_s']:.0f} "
-                     f"| {r['load_avg']:.1f} |")
+                     f"| {r_obs} | {r['load_avg']:.1f} |")
     (RESULTS / "bench_refine.md").write_text("\n".join(lines) + "\n")
 
 

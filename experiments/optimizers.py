@@ -80,7 +80,7 @@ def run_case(args) -> dict:
                           epochs=args.iterations if lsq_opt else args.epochs, lr=3e-3,
                           lr_groups=(("thickness", 2e-2),), lr_schedule="cosine" if args.optimizer == "adam" else "constant",
                           checkpoint_every=0, hybrid_adam_steps=10, lsq_jacobian=args.jacobian)
-    print(f"  prepared {int(np.sum(exp.refl_mask))} reflections, {exp.beams.n_beams} beams", flush=True)
+    print(f"  prepared {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams", flush=True)
     problem = Refinement(crystal, truth, exp, bloch, config)
     if nn:
         problem.thickness = make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0,
@@ -96,7 +96,7 @@ def run_case(args) -> dict:
     result = {
         "sample": args.sample, "source": args.source, "optimizer": args.optimizer, "width": args.width,
         "jacobian": args.jacobian, "frames": int(exp.n_frames), "reflections": int(np.sum(exp.refl_mask)),
-        "beams": int(exp.beams.n_beams), "n_samples": args.n_samples, "g_max": args.g_max, "n_params": n_params,
+        "beams": int(exp.matrix_size), "n_samples": args.n_samples, "g_max": args.g_max, "n_params": n_params,
         "start_wR_all": start["wR_all"], "start_rmsd_A": start["rmsd"], "wR_all": final,
         "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "seconds": seconds, "steps": len(history),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

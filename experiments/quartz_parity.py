@@ -48,7 +48,7 @@ def main() -> None:
     config = RefineConfig(thickness_model="single", thickness_init=args.thickness)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     before = problem.summary(problem.params0)
-    print(f"{exp.n_frames} frames, {exp.beams.n_beams} beams, {args.samples} samples; before orientation refinement: "
+    print(f"{exp.n_frames} frames, {exp.matrix_size} beams, {args.samples} samples; before orientation refinement: "
           f"R_obs {before['R_obs']:.4f} wR_all {before['wR_all']:.4f} N_obs {before['N_obs']} N_all {before['N_all']}",
           flush=True)
     t0 = time.perf_counter()

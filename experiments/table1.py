@@ -117,7 +117,7 @@ def run(args) -> dict:
     start = problem.atoms(problem.params0)
     tag = args.tag or f"{args.sample}_{args.source}_{args.model}_" + (
         f"start{args.start}" if args.source == "paper" else f"d{args.delta}_imax{args.imax:g}")
-    print(f"[{tag}] {exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.beams.n_beams} beams, "
+    print(f"[{tag}] {exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams, "
           f"{settings.n_samples} samples; start RMSD {asu_rmsd(crystal, start, truth):.4f} Å", flush=True)
     t0 = time.perf_counter()
     params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
@@ -134,7 +134,7 @@ def run(args) -> dict:
               "rmsd_A": asu_rmsd(crystal, refined, truth), "adp_frobenius": adp_frobenius(crystal, refined, truth),
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
-              "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.beams.n_beams),
+              "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)

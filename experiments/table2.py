@@ -100,7 +100,8 @@ def run(args) -> dict:
     hand = args.hand or next(iter(spec["structure"]))
     settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=spec["sg_max"],
                                   g_max_refine=args.g_max_refine or spec["g_max_refine"], r_sg_max=spec["r_sg_max"],
-                                  n_samples=args.samples or spec["samples"], max_beams=args.max_beams)
+                                  n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
+                                  beam_selection=args.beams)
     tag = args.tag or f"{args.sample}_{hand}"
     log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     with warnings.catch_warnings():
@@ -108,7 +109,7 @@ def run(args) -> dict:
         crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
                                                      frames=args.frames, exp_settings=settings, log=lambda s: None,
                                                      absorption=args.absorption)
-    log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.beams.n_beams} beams (padded), "
+    log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams (padded), "
         f"{settings.n_samples} samples, absorption {args.absorption}")
     timing = {}
     t0 = time.perf_counter()
@@ -149,7 +150,7 @@ def run(args) -> dict:
     theta = np.rad2deg(np.asarray(exp.theta))
     keys = ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
-              "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.beams.n_beams),
+              "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
               "orientation": args.orientation, "joint_tilts": args.joint_tilts,
               "single_thickness_A": t_best, "thickness_scan": scan,
@@ -194,7 +195,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="rocking-curve samples per frame")
     ap.add_argument("--g-max", type=float, help="beams in the Bloch matrix [1/Å]")
     ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
-    ap.add_argument("--max-beams", type=int, help="cap on beams per frame")
+    ap.add_argument("--max-beams", type=int, help="cap on beams per frame (per sample with --beams sample)")
+    ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
+                    help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")
     ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
     ap.add_argument("--orientation", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
     ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")

@@ -102,6 +102,8 @@ _DATA = {
     "g_max_refine": _f(1.4, "reflections used: |g| ≤ G", "1/Å"),
     "r_sg": _f(0.9, "reflections used: R_Sg ≤ R (Bragg condition crossed within the frame)"),
     "samples": _i(21, "rocking-curve (or precession) samples per frame", minimum=1),
+    "beams": Setting(str, "frame", "Bloch matrix per frame (every beam excited at any sample) or per sample (only "
+                     "its own |s_g| ≤ S beams: ~10× faster, diffBloch's selection)", choices=("frame", "sample")),
     "semi_angle": _f(None, "integration semi-angle (unset: the file's precession_angle column)", "deg"),
     "scattering": _SCATTERING,
     "absorption": _ABSORPTION,

@@ -63,7 +63,7 @@ def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta
     problem = Refinement(crystal, truth, experiment, bloch, config)
     problem.params0["structure"] = random_start(problem.structure, problem.params0["structure"], delta, seed=seed)
     print(f"jaxed demo: synthetic quartz, {experiment.n_frames} frames, {int(np.sum(experiment.refl_mask))} "
-          f"reflections, {experiment.beams.n_beams} beams × {DEMO_SETTINGS.n_samples} rocking samples per frame; "
+          f"reflections, {experiment.matrix_size} beams × {DEMO_SETTINGS.n_samples} rocking samples per frame; "
           f"start displaced by ≤ {delta} Å; ThicknessNN + structure, Adam, {config.epochs} epochs")
 
     def table_row(params):

@@ -29,7 +29,7 @@ from jaxed.errors import JaxedInputError
 from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
-           "frame_orientations", "take_frames"]
+           "frame_orientations", "take_frames", "reselect_sample_beams"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ BEAM_SELECTIONS = ("frame", "sample")
 @partial(jax.tree_util.register_dataclass,
          data_fields=["beams", "base_orientation", "sample_rotations", "theta", "refl_beam", "refl_hkl", "i_obs",
                       "sigma", "refl_mask", "sample_weights", "sample_beams", "sample_beam_mask"],
-         meta_fields=["frame_ids", "energy_kev"])
+         meta_fields=["frame_ids", "energy_kev", "sample_selection"])
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything the traced model needs about the data (arrays; the frame ids and energy are static).
@@ -114,6 +114,7 @@ class Experiment:
     sample_weights: jax.Array | None = None
     sample_beams: jax.Array | None = None
     sample_beam_mask: jax.Array | None = None
+    sample_selection: tuple | None = None  # (sg_max, max_beams) of the per-sample sets, for reselect_sample_beams
 
     @property
     def n_frames(self) -> int:
@@ -224,14 +225,7 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
     beam_set = make_beam_set(beams)
     sample_beams = sample_mask = None
     if per_sample:
-        n_sub = max(len(b) for frame in sub_lists for b in frame)
-        n_sub = -(-n_sub // 8) * 8
-        sample_beams = np.zeros((n_frames, settings.n_samples, n_sub), np.int32)
-        sample_mask = np.zeros((n_frames, settings.n_samples, n_sub), bool)
-        for i, frame in enumerate(sub_lists):
-            for j, b in enumerate(frame):
-                sample_beams[i, j, : len(b)] = b
-                sample_mask[i, j, : len(b)] = True
+        sample_beams, sample_mask = _pad_subsets(sub_lists, settings.n_samples)
     n_refl = max(1, max(len(r) for r in refl_rows))
     refl_beam = np.zeros((n_frames, n_refl), np.int32)
     refl_hkl = np.zeros((n_frames, n_refl, 3), np.int32)
@@ -250,7 +244,41 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
                       theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
                       refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
                       frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy),
-                      sample_weights=weights, sample_beams=sample_beams, sample_beam_mask=sample_mask)
+                      sample_weights=weights, sample_beams=sample_beams, sample_beam_mask=sample_mask,
+                      sample_selection=(float(settings.sg_max), settings.max_beams) if per_sample else None)
+
+
+def _pad_subsets(sub_lists: list, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    n_sub = max(len(b) for frame in sub_lists for b in frame)
+    n_sub = -(-n_sub // 8) * 8
+    sample_beams = np.zeros((len(sub_lists), n_samples, n_sub), np.int32)
+    sample_mask = np.zeros((len(sub_lists), n_samples, n_sub), bool)
+    for i, frame in enumerate(sub_lists):
+        for j, b in enumerate(frame):
+            sample_beams[i, j, : len(b)] = b
+            sample_mask[i, j, : len(b)] = True
+    return sample_beams, sample_mask
+
+
+def reselect_sample_beams(experiment: Experiment, crystal: Crystal) -> Experiment:
+    """Recompute the per-sample beam sets for the experiment's current frame orientations (after an orientation
+    search moved them), from each frame's beam list; unchanged for per-frame beam sets. The padded size may change
+    (one recompilation)."""
+    if experiment.sample_beams is None:
+        return experiment
+    sg_max, max_beams = experiment.sample_selection
+    k = BlochSettings(experiment.energy_kev).k
+    hkl, mask = np.asarray(experiment.beams.hkl), np.asarray(experiment.beams.mask)
+    refl_mask = np.asarray(experiment.refl_mask)
+    recip = np.asarray(crystal.reciprocal)
+    n_samples = int(np.shape(experiment.sample_rotations)[1])
+    subs = []
+    for i in range(experiment.n_frames):
+        frame_beams = hkl[i][mask[i]]
+        subs.append(_sample_subsets(frame_beams, int(refl_mask[i].sum()), np.asarray(experiment.sample_rotations[i]),
+                                    np.asarray(experiment.base_orientation[i]) @ recip, k, sg_max, max_beams))
+    sample_beams, sample_mask = _pad_subsets(subs, n_samples)
+    return dataclasses.replace(experiment, sample_beams=sample_beams, sample_beam_mask=sample_mask)
 
 
 def _sample_subsets(frame_beams: np.ndarray, n_obs: int, sample_rot: np.ndarray, orient: np.ndarray, k: float,

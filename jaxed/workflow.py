@@ -19,7 +19,8 @@ from jaxed.bloch import BlochSettings
 from jaxed.constants import wavelength as _wavelength
 from jaxed.crystal import AtomParams, Crystal, load_structure
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import Experiment, ExperimentSettings, integrated_intensities, prepare_experiment
+from jaxed.experiment import (Experiment, ExperimentSettings, integrated_intensities, prepare_experiment,
+                              reselect_sample_beams)
 from jaxed.refine import RefineConfig, Refinement, run_refinement
 from jaxed.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
                           write_refined_cif, write_report)
@@ -170,6 +171,8 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     data = _drop_duplicates_and_empty(data, str(data_path))
     semi = (exp_settings.semi_angle_deg if exp_settings.semi_angle_deg is not None
             else float(np.max(np.abs(data.precession_angle))))
+    if exp_settings.beam_selection == "sample":
+        semi = 0.0  # each sample's matrix holds only its own slab |s_g| ≤ sg_max (no widening by the rocking range)
     check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, len(data.alpha), exp_settings.n_samples,
                  semi)
     experiment = prepare_experiment(data, crystal, exp_settings)
@@ -213,7 +216,8 @@ def data_statistics(crystal: Crystal, experiment: Experiment, summary: dict, inp
              "unique hkl": int(len(np.unique(hkl, axis=0))) if len(hkl) else 0,
              "resolution d_max … d_min [Å]": (f"{1 / g.min():.3f} … {1 / g.max():.3f}" if len(g) else "–"),
              "energy [kV]": float(experiment.energy_kev), "wavelength [Å]": float(_wavelength(experiment.energy_kev)),
-             "beams per Bloch matrix (padded)": int(experiment.beams.n_beams)}
+             "beams per Bloch matrix (padded)": int(experiment.matrix_size),
+             "beam selection": "per sample" if experiment.sample_beams is not None else "per frame"}
     return stats
 
 
@@ -384,4 +388,4 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
     mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
     log(f"orientation search ({method}): mean frame wR_all {np.mean(before):.4f} → {np.mean(after):.4f}, "
         f"median correction {np.median(mis):.3f}°")
-    return corrected
+    return reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations

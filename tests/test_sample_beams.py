@@ -13,8 +13,11 @@ from jaxed.bloch import BlochSettings
 from jaxed.crystal import load_structure
 from jaxed.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, take_frames
+from jaxed.experiment import (ExperimentSettings, integrated_intensities, prepare_experiment, reselect_sample_beams,
+                              take_frames)
+from jaxed.orientation import with_corrections
 from jaxed.geometry import excitation_errors
+from jaxed.geometry import rotation_x as jaxed_rotation_x
 from jaxed.pets import read_pets
 
 BASE = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.0, n_samples=5, beam_selection="sample")
@@ -97,6 +100,30 @@ def test_sample_sets_hold_their_excited_beams_and_every_observed_reflection(demo
         assert observed <= seen
     capped = prepare_experiment(data, crystal, dataclasses.replace(BASE, sg_max=0.03, max_beams=20))
     assert np.asarray(capped.sample_beam_mask).sum(-1).max() == 20 and capped.matrix_size == 24
+
+
+def test_reselection_follows_the_orientation(demo):
+    # Reselecting at unchanged orientations reproduces the prepared sets exactly; after a 0.3° rotation of every
+    # frame the sets change and hold every beam of the frame's list with |s_g| ≤ sg_max at the new sample
+    # orientations.
+    crystal, _, data = demo
+    exp = prepare_experiment(data, crystal, BASE)
+    same = reselect_sample_beams(exp, crystal)
+    assert np.array_equal(same.sample_beams, exp.sample_beams) and np.array_equal(same.sample_beam_mask,
+                                                                                   exp.sample_beam_mask)
+    rot = np.stack([np.asarray(jaxed_rotation_x(np.deg2rad(0.3)))] * exp.n_frames)
+    moved = reselect_sample_beams(with_corrections(exp, rot), crystal)
+    assert not np.array_equal(np.asarray(moved.sample_beam_mask).sum(-1), np.asarray(exp.sample_beam_mask).sum(-1))
+    k = BlochSettings(exp.energy_kev).k
+    hkl = np.asarray(moved.beams.hkl)
+    for f in range(moved.n_frames):
+        g = np.einsum("bj,sij->sbi", hkl[f] @ (moved.base_orientation[f] @ np.asarray(crystal.reciprocal)).T,
+                      moved.sample_rotations[f])
+        s_abs = np.abs(np.asarray(excitation_errors(g, k)))
+        for j in range(s_abs.shape[0]):
+            idx = np.asarray(moved.sample_beams[f, j])[np.asarray(moved.sample_beam_mask[f, j])]
+            inside = set(np.nonzero((s_abs[j] <= BASE.sg_max) & np.asarray(moved.beams.mask[f]))[0].tolist())
+            assert inside <= set(idx.tolist())
 
 
 def test_take_frames_keeps_the_sample_sets(demo):
