@@ -65,7 +65,7 @@ def run_case(args) -> dict:
     chosen = np.linspace(0, n - 1, args.frames).round().astype(int)
     data = data.subset_frames(list(chosen))
     settings = ExperimentSettings(g_max=args.g_max, sg_max=0.01, g_max_refine=args.g_max, r_sg_max=0.9,
-                                  n_samples=args.n_samples)
+                                  n_samples=args.n_samples, beam_selection=args.beams)
     exp = prepare_experiment(data, crystal, settings)
     bloch = BlochSettings(exp.energy_kev)
     t_true = None
@@ -96,7 +96,8 @@ def run_case(args) -> dict:
     result = {
         "sample": args.sample, "source": args.source, "optimizer": args.optimizer, "width": args.width,
         "jacobian": args.jacobian, "frames": int(exp.n_frames), "reflections": int(np.sum(exp.refl_mask)),
-        "beams": int(exp.matrix_size), "n_samples": args.n_samples, "g_max": args.g_max, "n_params": n_params,
+        "beams": int(exp.matrix_size), "beam_selection": args.beams, "n_samples": args.n_samples, "g_max": args.g_max,
+        "n_params": n_params,
         "start_wR_all": start["wR_all"], "start_rmsd_A": start["rmsd"], "wR_all": final,
         "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "seconds": seconds, "steps": len(history),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--g-max", type=float, default=1.4)
     p.add_argument("--n-samples", type=int, default=7)
+    p.add_argument("--beams", default="frame", choices=["frame", "sample"], help="Bloch matrix per frame or per sample")
     p.add_argument("--epochs", type=int, default=300, help="Adam / L-BFGS steps")
     p.add_argument("--iterations", type=int, default=30, help="GN / LM iterations, hybrid cycles")
     p.add_argument("--delta", type=float, default=0.1, help="start displacement [Å]")
@@ -211,7 +213,8 @@ def main(argv=None) -> int:
     def base(sample):
         frames, g_max = sizes.get(sample, (args.frames, args.g_max))
         return ["--frames", str(frames), "--g-max", str(g_max), "--n-samples", str(args.n_samples),
-                "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--delta", str(args.delta)]
+                "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--delta", str(args.delta),
+                "--beams", args.beams]
 
     plan = [(s_, "synthetic", o, 0) for s_ in args.samples[:1] for o in args.optimizers if "synthetic" in args.sources]
     plan += [("quartz", "synthetic", o, w) for w in args.widths for o in ("adam", "hybrid", "lm")]
