@@ -3,6 +3,7 @@ refined first (structure fixed), then R factors — to compare with the peer's r
 (R_obs 4.38 %, wR_all 4.20 %, N_all 1740, N_obs 958; t = 820 Å, g_max 2.25, sg_max 0.01, 42 samples, R_Sg 0.9).
 
     python experiments/quartz_parity.py [--method hexagonal|nelder-mead|gradient|none] [--samples 42] [--frames every:1]
+                                        [--beams sample --max-beams 40]
 
 Writes experiments/results/quartz_parity_<method>.json.
 """
@@ -37,9 +38,11 @@ def main() -> None:
     ap.add_argument("--frames", default=None)
     ap.add_argument("--theta-min", type=float, default=0.005, help="hexagonal scan: stop halving below this [deg]")
     ap.add_argument("--max-rounds", type=int, default=40, help="hexagonal scan: at most this many rounds")
+    ap.add_argument("--beams", choices=("frame", "sample"), default="frame", help="Bloch matrix per frame or sample")
+    ap.add_argument("--max-beams", type=int, default=None, help="cap on the beams of a matrix")
     args = ap.parse_args()
     settings = ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=1.6, r_sg_max=0.9, n_samples=args.samples,
-                                  semi_angle_deg=1.0)
+                                  semi_angle_deg=1.0, beam_selection=args.beams, max_beams=args.max_beams)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         crystal, atoms, _, exp, bloch = load_problem(SHARED / "structures/quartz_P3221.cif",
@@ -61,13 +64,14 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     after = problem.summary(problem.params0)
     mis = orientation.misorientation_deg(problem.experiment.base_orientation, exp.base_orientation)
-    result = {"method": args.method, "samples": args.samples, "theta_min_deg": args.theta_min,
+    result = {"method": args.method, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
               "max_rounds": args.max_rounds, "thickness_A": args.thickness, "seconds": seconds,
               "before": {k: before[k] for k in ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")},
               "after": {k: after[k] for k in ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")},
               "median_correction_deg": float(np.median(mis)), "peer_reference": {"R_obs": 0.0438, "wR_all": 0.0420,
                                                                                  "N_obs": 958, "N_all": 1740}}
-    out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method}.json"
+    suffix = "" if args.beams == "frame" else f"_{args.beams}{args.max_beams or ''}"
+    out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -168,22 +168,27 @@ def run(args) -> dict:
 
 def summary() -> None:
     rows = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    print("| sample (run) | frames | samples | g_max/refine | R_obs | wR_all | N_obs, N_all | mean t (nm) | "
+    print("| sample (run) | frames | samples | beams | g_max/refine | R_obs | wR_all | N_obs, N_all | mean t (nm) | "
           "Jana R_obs/wR | paper R_obs/wR (N) | diffBloch R_obs/wR |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, r in rows.items():
         pub = PUBLISHED[r["sample"]]
         f, s = r["final"], r["settings"]
         db = "–" if pub["diffbloch"] is None else f"{pub['diffbloch'][0]:.2%} / {pub['diffbloch'][1]:.2%}"
-        print(f"| {r['sample']} ({tag}) | {r['frames']} | {s['n_samples']} | {s['g_max']}/{s['g_max_refine']} | "
+        beams = s.get("beam_selection", "frame") + (f" ≤{s['max_beams']}" if s.get("max_beams") else "")
+        print(f"| {r['sample']} ({tag}) | {r['frames']} | {s['n_samples']} | {beams} | "
+              f"{s['g_max']}/{s['g_max_refine']} | "
               f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {f['N_obs']}, {f['N_all']} | {r['mean_thickness_A'] / 10:.1f} | "
               f"{pub['jana'][0]:.1%} / {pub['jana'][1]:.1%} | {pub['paper'][0]:.1%} / {pub['paper'][1]:.1%} "
               f"({pub['paper_n'][0]}, {pub['paper_n'][1]}) | {db} |")
-    hands = {r["hand"]: r for r in rows.values() if r["sample"] == "quartz" and r["tag"] == f"quartz_{r['hand']}"}
-    if len(hands) == 2:
-        print("\n| Table 3 | P3₂21 (jaxed) | P3₁21 (jaxed) | P3₂21 (paper) | P3₁21 (paper) |\n|---|---|---|---|---|")
+    for tag, r in rows.items():  # Table 3: every run of P3221 with its twin run (same tag) of P3121
+        twin = rows.get(tag.replace("P3221", "P3121"))
+        if r["sample"] != "quartz" or r["hand"] != "P3221" or twin is None:
+            continue
+        print(f"\n| Table 3 ({tag} / {twin['tag']}) | P3₂21 (jaxed) | P3₁21 (jaxed) | P3₂21 (paper) | P3₁21 (paper) |"
+              "\n|---|---|---|---|---|")
         for i, k in enumerate(("wR_all", "R_obs")):
-            print(f"| {k} | {hands['P3221']['final'][k]:.2%} | {hands['P3121']['final'][k]:.2%} | "
+            print(f"| {k} | {r['final'][k]:.2%} | {twin['final'][k]:.2%} | "
                   f"{TABLE3['P3221'][i]:.1%} | {TABLE3['P3121'][i]:.1%} |")
 
 
