@@ -144,7 +144,8 @@ def propagate_expm(b: jax.Array, tau: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def _eigh_broadened(b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return jnp.linalg.eigh(b)
+    lam, c = jnp.linalg.eigh(b)  # a plain tuple: the JVP rule returns one (not eigh's named tuple)
+    return lam, c
 
 
 @_eigh_broadened.defjvp

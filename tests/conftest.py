@@ -3,6 +3,7 @@
 The library itself never flips ``jax_enable_x64``; the tests do, before anything is traced.
 """
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -10,6 +11,10 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# One fresh persistent compilation cache per test session: tests that build the same programs (same shapes, same
+# data) compile them once. Fresh each session, so nothing carries over between runs.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jaxed-tests-xla-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXED_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -195,6 +195,7 @@ def test_padding_changes_nothing():
         i = simulate(a, crystal, b, rot[None], t, settings)[0, 0]
         return jnp.sum(i[1:n] * jnp.arange(1, n))
 
+    loss = jax.jit(loss)
     args = (atoms.frac, jnp.array([420.0]))
     assert np.isclose(float(loss(*args, beams)), float(loss(*args, padded)), rtol=1e-13)
     g1 = jax.grad(loss, argnums=(0, 1))(*args, beams)
@@ -237,6 +238,7 @@ def test_absorption_gradients_are_finite_and_correct():
         return jnp.sum(simulate(AtomParams(atoms.frac, u_star, atoms.occupancy), crystal, beams, rot[None],
                                 t, settings)[0, 0] * weights)
 
+    f = jax.jit(f)
     args = (atoms.u_star, jnp.array([300.0]))
     grads = jax.grad(f, argnums=(0, 1))(*args)
     rng = np.random.default_rng(3)

@@ -31,7 +31,7 @@ def _loss_fn(crystal, atoms, settings, rot, beams):
         i = simulate(a, crystal, beams, rot[None], t, settings)[0]
         return jnp.sum(i[:, 1:] * weights[None, 1:])
 
-    return loss, (atoms.frac, atoms.u_star / U_SCALE, jnp.array([350.0, 800.0]))
+    return jax.jit(loss), (atoms.frac, atoms.u_star / U_SCALE, jnp.array([350.0, 800.0]))
 
 
 def test_check_grads_general_orientation():

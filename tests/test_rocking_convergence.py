@@ -1,8 +1,9 @@
 """Rocking-curve sampling converges on measured quartz (issue: doubling the samples changes R_obs by < 0.1 points).
 
-Measured quartz (quartz_suresh2024 + quartz_P3221.cif, every 16th frame: 7 frames, 136 reflections), one thickness
-820 Å, g_max 2.0, g_max_refine 1.6, R_Sg 0.9, per-sample beam sets (≤ 40 beams). Measured: R_obs 13.82 % (21 samples),
-8.100 % (42), 8.088 % (84), 8.084 % (168): 42 → 84 moves R_obs by 0.012 points, 21 → 42 by 5.7 points.
+Measured quartz (quartz_suresh2024 + quartz_P3221.cif, every 25th frame: 4 frames), one thickness 820 Å, g_max 2.0,
+g_max_refine 1.6, R_Sg 0.9, per-sample beam sets (≤ 40 beams). Measured: R_obs 15.85 % (21 samples), 10.725 % (42),
+10.737 % (84): 42 → 84 moves R_obs by 0.013 points, 21 → 42 by 5.1 points (on 7 frames: 8.100, 8.088, and 8.084 %
+with 168 samples).
 """
 import warnings
 
@@ -21,7 +22,7 @@ def _r_obs(n_samples: int) -> float:
         warnings.simplefilter("ignore")
         crystal, atoms, _, exp, bloch = load_problem(shared_file("structures/quartz_P3221.cif"),
                                                      shared_file("pets/quartz_suresh2024.cif_pets"),
-                                                     frames="every:16", exp_settings=settings, log=lambda s: None)
+                                                     frames="every:25", exp_settings=settings, log=lambda s: None)
     problem = Refinement(crystal, atoms, exp, bloch, RefineConfig(thickness_model="single", thickness_init=820.0))
     return 100.0 * problem.summary(problem.params0)["R_obs"]
 
@@ -32,4 +33,4 @@ def test_doubling_the_rocking_samples_changes_r_obs_by_less_than_a_tenth_of_a_po
     r21, r42, r84 = _r_obs(21), _r_obs(42), _r_obs(84)
     assert abs(r84 - r42) < 0.1, (r42, r84)
     assert abs(r21 - r42) > 1.0, (r21, r42)
-    assert r42 == pytest.approx(8.10, abs=0.05)
+    assert r42 == pytest.approx(10.72, abs=0.05)
