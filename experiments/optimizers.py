@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--case", action="store_true", help="(internal) run one case in this process")
     p.add_argument("--quick", action="store_true", help="small sizes: quartz + CsPbBr3 + paracetamol synthetic, "
                    "quartz measured, 4 frames, g_max 1.0, 3 rocking samples, widths 8 and 64")
+    p.add_argument("--results", default="optimizers",
+                   help="folder under experiments/results for this study's JSON files, table and plots")
     p.add_argument("--samples", nargs="+", default=list(SAMPLES), choices=list(SAMPLES))
     p.add_argument("--sources", nargs="+", default=["synthetic", "measured"], choices=["synthetic", "measured"])
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
@@ -192,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=1800, help="per run [s]")
     p.add_argument("--summary", action="store_true")
     args = p.parse_args(argv)
+    global RESULTS
+    RESULTS = ROOT / "experiments" / "results" / args.results
     if args.summary:
         summary()
         return 0
@@ -214,7 +218,7 @@ def main(argv=None) -> int:
         frames, g_max = sizes.get(sample, (args.frames, args.g_max))
         return ["--frames", str(frames), "--g-max", str(g_max), "--n-samples", str(args.n_samples),
                 "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--delta", str(args.delta),
-                "--beams", args.beams]
+                "--beams", args.beams, "--results", args.results]
 
     plan = [(s_, "synthetic", o, 0) for s_ in args.samples[:1] for o in args.optimizers if "synthetic" in args.sources]
     plan += [("quartz", "synthetic", o, w) for w in args.widths for o in ("adam", "hybrid", "lm")]
