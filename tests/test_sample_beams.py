@@ -144,8 +144,9 @@ def test_per_sample_gradient_matches_finite_differences(demo):
         a = dataclasses.replace(atoms, frac=frac, u_star=u)
         return jnp.sum(w * integrated_intensities(a, crystal, exp, t, bloch))
 
+    f = jax.jit(f)
     args = (jnp.asarray(atoms.frac), jnp.asarray(atoms.u_star), jnp.full(exp.n_frames, THICKNESS))
-    grads = jax.grad(f, argnums=(0, 1, 2))(*args)
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
     rng = np.random.default_rng(1)
     direction = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, (1.0, 1e-3, 10.0))]
     h = 1e-6
