@@ -133,10 +133,20 @@ class LeastSquares:
         self.jacobian_mode = jacobian
         self.residuals = jax.jit(self._residuals)
         self.cost = jax.jit(lambda x, fixed, obs: 0.5 * jnp.sum(self._residuals(x, fixed, obs) ** 2))
-        jac = jax.jacfwd if jacobian == "fwd" else jax.jacrev
-        self.jacobian = jax.jit(lambda x, fixed, obs: (self._residuals(x, fixed, obs),
-                                                       jac(self._residuals)(x, fixed, obs)))
+        self.jacobian = jax.jit(self._fwd_jacobian if jacobian == "fwd" else self._rev_jacobian)
         self._cg_solve = jax.jit(self._cg_solve_impl, static_argnames=("max_iter", "tol"))
+
+    # One forward pass serves both r and J: the Bloch-wave eigh appears once in the program. (Computing r and
+    # jacfwd(r) separately put two independent batched LAPACK eigh calls in one XLA program; on a 2-core CPU
+    # each took one of the two intra-op pool threads and waited for batch tasks queued to that same pool — a
+    # deadlock in jaxlib 0.10.2's parallel batch map, seen as a GN/LM run hanging at 0 % CPU.)
+    def _fwd_jacobian(self, x, fixed, obs):
+        r, jvp = jax.linearize(lambda y: self._residuals(y, fixed, obs), x)
+        return r, jax.vmap(jvp, out_axes=1)(jnp.eye(x.size, dtype=x.dtype))
+
+    def _rev_jacobian(self, x, fixed, obs):
+        r, vjp = jax.vjp(lambda y: self._residuals(y, fixed, obs), x)
+        return r, jax.vmap(lambda u: vjp(u)[0])(jnp.eye(r.size, dtype=r.dtype))
 
     # -------------------------------------------------------------------------------------------- pytree <-> flat
     def split(self, params: dict) -> tuple[jax.Array, dict]:
@@ -171,7 +181,7 @@ class LeastSquares:
     def _cg_solve_impl(self, x, fixed, obs, lam, key, max_iter: int, tol: float):
         """δ solving (JᵀJ + λμI) δ = −Jᵀr by CG with J v / Jᵀ u products; returns (δ, r, predicted decrease, μ)."""
         r, jvp = jax.linearize(lambda y: self._residuals(y, fixed, obs), x)
-        _, vjp = jax.vjp(lambda y: self._residuals(y, fixed, obs), x)
+        vjp = jax.linear_transpose(jvp, x)  # Jᵀu from the same linearisation: one eigh in the program (see above)
         g = vjp(r)[0]
         probes = jax.random.rademacher(key, (4, x.size), dtype=x.dtype)
         mu = jnp.mean(jax.vmap(lambda v: jnp.sum(jvp(v) ** 2))(probes)) / x.size  # Hutchinson: tr(JᵀJ)/n
