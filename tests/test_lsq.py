@@ -65,6 +65,24 @@ def test_residual_vector_squares_to_the_loss_and_jacobian_modes_agree(quartz):
     assert fwd.n_params == x.size and fwd.merge(x, fixed).keys() == problem.params0.keys()
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="counts the CPU LAPACK custom calls")
+def test_jacobian_programs_hold_one_eigh(quartz):
+    # Regression for a deadlock: r and J computed separately put two independent batched LAPACK eigh calls in one
+    # XLA program, which on a 2-core CPU hung jaxlib's intra-op pool (GN/LM runs stuck at 0 % CPU). r and J now
+    # come from one linearisation, so the compiled forward- and reverse-mode Jacobian programs (and the
+    # matrix-free CG step) each contain exactly one eigh custom call.
+    problem = _problem(quartz, 0.05, thickness_init=600.0)
+    for mode in ("fwd", "rev"):
+        lsq = LeastSquares(problem, jacobian=mode)
+        x, fixed = lsq.split(problem.params0)
+        text = lsq.jacobian.lower(x, fixed, problem.obs).compile().as_text()
+        assert text.count("custom_call_target=\"lapack_zheevd_ffi\"") == 1, mode
+    cg = LeastSquares(problem, jacobian="cg")
+    text = cg._cg_solve.lower(x, fixed, problem.obs, 1e-3, jax.random.PRNGKey(0), max_iter=3,
+                              tol=1e-6).compile().as_text()
+    assert text.count("custom_call_target=\"lapack_zheevd_ffi\"") == 1
+
+
 def test_gauss_newton_converges_in_a_handful_of_steps(quartz):
     # Well posed: 39 noise-free reflections, 17 parameters, start 0.02 Å and 600 Å (truth 650 Å). Undamped GN reaches
     # the truth (RMSD < 1e-6 Å, thickness to 1e-6 relative, wR_all < 1e-6) in at most 6 iterations, with the cost
