@@ -180,13 +180,12 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
     candidates = _hkl_within(ub, settings.g_max)  # |g| with the data's metric
     frame_index = np.asarray(data.frame_index)
     hkl_all = np.asarray(data.hkl, dtype=np.int64)
-    beams, refl_rows, sub_lists = [], [], []
+    beams, refl_rows = [], []
     for i in range(n_frames):
         orients = np.einsum("sij,jk->sik", samples[i], base[i] @ recip_s)  # (n_s, 3, 3): h → g_lab
         g_c = candidates @ orients.reshape(-1, 3).T  # (n_cand, n_s*3)
         g_c = g_c.reshape(len(candidates), settings.n_samples, 3)
-        s_all = np.abs(np.asarray(excitation_errors(g_c, k)))  # (n_cand, n_s)
-        s_min = s_all.min(axis=1)
+        s_min = np.abs(np.asarray(excitation_errors(g_c, k))).min(axis=1)
         # observed reflections of this frame kept for refinement
         rows = np.nonzero(frame_index == i)[0]
         h_obs = hkl_all[rows]
@@ -219,13 +218,7 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
                                       np.array(others, dtype=np.int64).reshape(-1, 3)])
         beams.append(frame_beams)
         refl_rows.append(rows)
-        if per_sample:
-            sub_lists.append(_sample_subsets(frame_beams, len(h_obs), samples[i], base[i] @ recip_s, k,
-                                             settings.sg_max, settings.max_beams))
     beam_set = make_beam_set(beams)
-    sample_beams = sample_mask = None
-    if per_sample:
-        sample_beams, sample_mask = _pad_subsets(sub_lists, settings.n_samples)
     n_refl = max(1, max(len(r) for r in refl_rows))
     refl_beam = np.zeros((n_frames, n_refl), np.int32)
     refl_hkl = np.zeros((n_frames, n_refl, 3), np.int32)
@@ -240,12 +233,13 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
         i_obs[i, :m] = intensity[rows]
         sigma[i, :m] = sig[rows]
         mask[i, :m] = True
-    return Experiment(beams=beam_set, base_orientation=base, sample_rotations=samples,
-                      theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
-                      refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
-                      frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy),
-                      sample_weights=weights, sample_beams=sample_beams, sample_beam_mask=sample_mask,
-                      sample_selection=(float(settings.sg_max), settings.max_beams) if per_sample else None)
+    experiment = Experiment(beams=beam_set, base_orientation=base, sample_rotations=samples,
+                            theta=np.deg2rad(np.asarray(data.alpha, dtype=np.float64)), refl_beam=refl_beam,
+                            refl_hkl=refl_hkl, i_obs=i_obs, sigma=sigma, refl_mask=mask,
+                            frame_ids=tuple(int(x) for x in np.asarray(data.frame_id)), energy_kev=float(energy),
+                            sample_weights=weights,
+                            sample_selection=(float(settings.sg_max), settings.max_beams) if per_sample else None)
+    return reselect_sample_beams(experiment, crystal)  # the per-sample sets (a no-op for per-frame beams)
 
 
 def _pad_subsets(sub_lists: list, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -261,10 +255,10 @@ def _pad_subsets(sub_lists: list, n_samples: int) -> tuple[np.ndarray, np.ndarra
 
 
 def reselect_sample_beams(experiment: Experiment, crystal: Crystal) -> Experiment:
-    """Recompute the per-sample beam sets for the experiment's current frame orientations (after an orientation
-    search moved them), from each frame's beam list; unchanged for per-frame beam sets. The padded size may change
-    (one recompilation)."""
-    if experiment.sample_beams is None:
+    """The per-sample beam sets for the experiment's current frame orientations, from each frame's beam list (built
+    by :func:`prepare_experiment`, recomputed after an orientation search moved the frames); unchanged for
+    per-frame beam sets. The padded size may change (one recompilation)."""
+    if experiment.sample_selection is None:
         return experiment
     sg_max, max_beams = experiment.sample_selection
     k = BlochSettings(experiment.energy_kev).k
@@ -374,7 +368,7 @@ def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Exper
         # the sample's own matrix: rows/columns ``sub`` of the frame's; padded pairs couple through U = 0
         m = mask[sub] & sub_mask
         c = jnp.where(m[:, None] & m[None, :], coupling[sub[:, None], sub[None, :]], n_unique)
-        i_sub = jnp.where(m, per_sample(hkl[sub], m, c, rot, t), 0.0)
+        i_sub = per_sample(hkl[sub], m, c, rot, t)  # 0 on padding (frame_wavefunction masks ψ)
         return jnp.zeros(hkl.shape[0], i_sub.dtype).at[sub].add(i_sub)  # back to the frame's beam list
 
     def per_frame(hkl, mask, coupling, rots, t, refl_beam, weights, subs, sub_masks):
