@@ -65,7 +65,7 @@ def run_case(args) -> dict:
     chosen = np.linspace(0, n - 1, args.frames).round().astype(int)
     data = data.subset_frames(list(chosen))
     settings = ExperimentSettings(g_max=args.g_max, sg_max=0.01, g_max_refine=args.g_max, r_sg_max=0.9,
-                                  n_samples=args.n_samples, beam_selection=args.beams)
+                                  n_samples=args.n_samples, beam_selection=args.beams, max_beams=args.max_beams)
     exp = prepare_experiment(data, crystal, settings)
     bloch = BlochSettings(exp.energy_kev)
     t_true = None
@@ -101,7 +101,9 @@ def run_case(args) -> dict:
         "start_wR_all": start["wR_all"], "start_rmsd_A": start["rmsd"], "wR_all": final,
         "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "seconds": seconds, "steps": len(history),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "history": [[h["seconds"], h["loss"]] for h in history],
+        "history": [[h["seconds"], h["loss"], h.get("evaluations"), h.get("jacobians")] for h in history],
+        "evaluations": history[-1].get("evaluations") if history else 0,
+        "jacobians": history[-1].get("jacobians") if history else 0,
     }
     if t_true is not None:
         t = np.asarray(problem.frame_thickness(params))
@@ -127,6 +129,12 @@ def launch(base: list[str], sample, source, optimizer, width, jacobian, timeout)
              "timed_out": timeout}))
 
 
+def _evals(r: dict) -> str:
+    if r.get("evaluations") is None:
+        return ""
+    return f"{r['evaluations']} / {r['jacobians']}" if r.get("jacobians") else f"{r['evaluations']}"
+
+
 def summary() -> None:
     import matplotlib
 
@@ -135,31 +143,36 @@ def summary() -> None:
 
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     lines = ["| sample | data | optimiser | NN width | params | refl | start wR / RMSD Å | final wR_all | RMSD Å | "
-             "time s | steps | peak MB |", "|" + "---|" * 12]
+             "time s | steps | evals / Jacobians | peak MB |", "|" + "---|" * 13]
     for r in sorted(rows, key=lambda r: (r["sample"], r["source"], r["width"], OPTIMIZERS.index(r["optimizer"]))):
         if "timed_out" in r:
             lines.append(f"| {r['sample']} | {r['source']} | {r['optimizer']} | {r['width']} | | | | timed out "
-                         f"({r['timed_out']} s) | | | | |")
+                         f"({r['timed_out']} s) | | | | | |")
             continue
         lines.append(f"| {r['sample']} | {r['source']} | {r['optimizer']}{'' if r['jacobian'] == 'auto' else '/' + r['jacobian']} "
                      f"| {r['width'] or '–'} | {r['n_params']} | {r['reflections']} | {r['start_wR_all']:.3f} / "
                      f"{r['start_rmsd_A']:.3f} | {r['wR_all']:.4f} | {r['rmsd_A']:.4f} | {r['seconds']:.0f} | "
-                     f"{r['steps']} | {r['peak_rss_MB']:.0f} |")
+                     f"{r['steps']} | {_evals(r)} | {r['peak_rss_MB']:.0f} |")
     groups = {}
     for r in rows:
         if "history" in r:
             groups.setdefault((r["sample"], r["source"], r["width"]), []).append(r)
     for (sample, source, width), rs in groups.items():
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
         for r in sorted(rs, key=lambda r: OPTIMIZERS.index(r["optimizer"])):
             h = r["history"]
             ax.plot([x[0] for x in h], [x[1] for x in h], label=r["optimizer"])
+            if h and len(h[0]) > 2 and h[-1][2] is not None:  # loss vs evaluations (+ Jacobians for GN/LM)
+                ax2.plot([x[2] + (x[3] or 0) for x in h], [x[1] for x in h], label=r["optimizer"])
         ax.set_yscale("log")
         ax.set_xlabel("wall time [s]")
+        ax2.set_xlabel("evaluations (loss+gradient, LM trials, Jacobians)")
+        ax2.set_xscale("log")
         ax.set_ylabel("wR_all")
-        ax.set_title(f"{sample} ({source}), NN width {width or '–'}")
+        fig.suptitle(f"{sample} ({source}), NN width {width or '–'}")
         ax.legend()
         ax.grid(alpha=0.3)
+        ax2.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(RESULTS / f"loss_vs_time_{sample}_{source}_w{width}.png", dpi=110)
         plt.close(fig)
@@ -187,6 +200,12 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--g-max", type=float, default=1.4)
     p.add_argument("--n-samples", type=int, default=7)
+    p.add_argument("--width-samples", nargs="*", default=["quartz"], choices=list(SAMPLES),
+                   help="samples on which the ThicknessNN width sweep runs")
+    p.add_argument("--skip-done", action="store_true", help="skip runs whose result file exists")
+    p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of each Bloch matrix")
+    p.add_argument("--size", nargs="*", default=[], metavar="SAMPLE:FRAMES:GMAX",
+                   help="per-sample problem size, e.g. cspbbr3:16:0.8 (others use --frames/--g-max)")
     p.add_argument("--beams", default="frame", choices=["frame", "sample"], help="Bloch matrix per frame or per sample")
     p.add_argument("--epochs", type=int, default=300, help="Adam / L-BFGS steps")
     p.add_argument("--iterations", type=int, default=30, help="GN / LM iterations, hybrid cycles")
@@ -207,7 +226,7 @@ def main(argv=None) -> int:
               f"{result['rmsd_A']:.4f} Å, {result['seconds']:.1f} s, {result['steps']} steps, "
               f"{result['peak_rss_MB']:.0f} MB", flush=True)
         return 0
-    sizes = {}
+    sizes = {s_.split(":")[0]: (int(s_.split(":")[1]), float(s_.split(":")[2])) for s_ in args.size}
     if args.quick:  # (frames, g_max, rocking samples) per sample: tens to hundreds of reflections each
         sizes = {"quartz": (6, 1.2), "cspbbr3": (4, 1.0), "paracetamol": (4, 0.8)}
         args.n_samples, args.epochs, args.iterations = 3, 150, 15
@@ -218,14 +237,18 @@ def main(argv=None) -> int:
         frames, g_max = sizes.get(sample, (args.frames, args.g_max))
         return ["--frames", str(frames), "--g-max", str(g_max), "--n-samples", str(args.n_samples),
                 "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--delta", str(args.delta),
-                "--beams", args.beams, "--results", args.results]
+                "--beams", args.beams, "--results", args.results] + \
+            ([] if args.max_beams is None else ["--max-beams", str(args.max_beams)])
 
     plan = [(s_, "synthetic", o, 0) for s_ in args.samples[:1] for o in args.optimizers if "synthetic" in args.sources]
-    plan += [("quartz", "synthetic", o, w) for w in args.widths for o in ("adam", "hybrid", "lm")]
+    plan += [(s_, "synthetic", o, w) for s_ in args.width_samples for w in args.widths for o in ("adam", "hybrid", "lm")
+             if s_ in args.samples]
     plan += [(s_, "synthetic", o, 0) for s_ in args.samples[1:] for o in args.optimizers if "synthetic" in args.sources]
     plan += [(s_, "measured", o, 0) for s_ in args.samples for o in args.optimizers if "measured" in args.sources
              and not (args.quick and s_ != "quartz")]
     for sample, source, opt, width in plan:
+        if args.skip_done and (RESULTS / f"{sample}_{source}_{opt}_w{width}_auto.json").exists():
+            continue
         launch(base(sample), sample, source, opt, width, "auto", args.timeout)
     summary()
     return 0

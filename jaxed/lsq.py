@@ -310,13 +310,15 @@ def least_squares(lsq: LeastSquares, x0, fixed: dict, obs: objective.Observation
         step_norm = float(np.linalg.norm(delta))
         if not accepted:
             history.append({"iteration": it, "loss": float(np.sqrt(2 * cost)), "damping": lam, "step": step_norm,
-                            "accepted": False, "seconds": time.perf_counter() - t0})
+                            "accepted": False, "seconds": time.perf_counter() - t0,
+                            "evaluations": n_eval, "jacobians": n_jac})
             reason = "no decrease"
             break
         decrease = cost - new_cost
         x, cost = trial, new_cost
         history.append({"iteration": it, "loss": float(np.sqrt(2 * cost)), "damping": lam, "step": step_norm,
-                        "accepted": True, "seconds": time.perf_counter() - t0})
+                        "accepted": True, "seconds": time.perf_counter() - t0,
+                        "evaluations": n_eval, "jacobians": n_jac})
         if callback is not None:
             callback(it, x, history[-1])
         if decrease <= settings.ftol * (cost + decrease):
@@ -341,7 +343,9 @@ def hybrid(problem: Refinement, params: dict, *, cycles: int, adam_steps: int = 
     """Alternate Adam on the thickness model (structure fixed) and LM on everything else (thickness fixed).
 
     Each cycle: ``adam_steps`` Adam steps on ``params['thickness']``, then ``lm_steps`` LM iterations on the other
-    refined groups. The LM damping carries over between cycles. Returns (params, history, n_evaluations).
+    refined groups. The LM damping carries over between cycles. Returns (params, history, n_evaluations): cost
+    evaluations of the LM trials plus Adam gradient steps; history entries carry the running counts of both and of
+    the Jacobians (linearisations).
     """
     config = problem.config
     rates = dict(config.lr_groups)
@@ -364,31 +368,33 @@ def hybrid(problem: Refinement, params: dict, *, cycles: int, adam_steps: int = 
     state = opt.init(thk)
     history: list = []
     damping = settings.damping
-    n_eval = 0
+    n_eval, n_grad, n_jac = 0, 0, 0
     t0 = time.perf_counter()
     for cycle in range(cycles):
         rest = {g: v for g, v in params.items() if g != "thickness"}
         if rates.get("thickness", config.lr) != 0:
             for _ in range(adam_steps):
                 thk, state, _ = adam_step(thk, state, rest)
-                n_eval += 3  # forward + backward ≈ 3 evaluations
+                n_grad += 1
         params = {**params, "thickness": thk}
         x, fixed = lsq.split(params)
         result = least_squares(lsq, x, fixed, None, dataclasses.replace(settings, max_iter=lm_steps, damping=damping,
                                                                          ftol=0.0))
-        n_eval += result.n_evaluations + result.n_jacobians * max(1, min(lsq.n_params, lsq.n_residuals))
+        n_eval += result.n_evaluations
+        n_jac += result.n_jacobians
         if result.history:
             damping = max(result.history[-1]["damping"], 1e-12)
         params = lsq.merge(jnp.asarray(result.x), fixed)
         loss = float(np.sqrt(2 * float(lsq.cost(jnp.asarray(result.x), fixed, problem.obs))))
         history.append({"iteration": cycle, "loss": loss, "damping": damping, "seconds": time.perf_counter() - t0,
-                        "accepted": bool(result.history and result.history[-1]["accepted"])})
+                        "accepted": bool(result.history and result.history[-1]["accepted"]),
+                        "evaluations": n_eval + n_grad, "jacobians": n_jac})
         if callback is not None:
             callback(cycle, params, loss)
         if len(history) > 1 and abs(history[-2]["loss"] - loss) <= settings.ftol * max(loss, 1e-300) and \
                 result.reason in ("ftol", "xtol", "no decrease"):
             break
-    return params, history, n_eval
+    return params, history, n_eval + n_grad
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -418,6 +424,9 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
     def record(i, p, loss, extra):
         entry = {"epoch": start + i, "loss": float(loss), "seconds": t_prev + extra["seconds"],
                  "damping": float(extra.get("damping", 0.0))}
+        for key in ("evaluations", "jacobians"):  # cumulative within this run (a resumed run restarts the count)
+            if key in extra:
+                entry[key] = int(extra[key])
         if problem.obs_free is not None:
             entry.update(problem.epoch_metrics(p))
         history.append(entry)

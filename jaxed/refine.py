@@ -342,6 +342,15 @@ def load_checkpoint(folder: Path, params_template, state_template):
 
 
 # ----------------------------------------------------------------------------------------------------- driver
+def _evaluations_in_step(optimizer: str, state, *, first: bool) -> int:
+    """Loss + gradient evaluations made by one optimiser step: 1 for Adam; for L-BFGS the zoom line search's
+    trial points (each a value and gradient; the accepted one is reused by the next step), plus the first point."""
+    if optimizer != "lbfgs":
+        return 1
+    steps = optax.tree_utils.tree_get(state, "num_linesearch_steps")
+    return int(steps) + (1 if first else 0)
+
+
 @batching.with_blas_threads  # one LAPACK thread per eigh: see jaxed.batching (8–18× faster on shared cores)
 def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
                    progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
@@ -374,6 +383,7 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
         bar = tqdm(total=config.epochs, initial=start_epoch, desc="refine", unit="epoch", dynamic_ncols=True)
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     last_good = (params, state)
+    evaluations = int(history[-1].get("evaluations", len(history))) if history else 0
     for epoch in range(start_epoch, config.epochs):
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)  # reproducible across --resume
         new_params, new_state, value, finite = step(params, state, key)
@@ -386,7 +396,9 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
             raise RefinementDiverged(
                 f"epoch {epoch}: non-finite loss or gradient (loss = {value}); stopped, last good state kept"
                 + (f" in {out / 'checkpoint.npz'}" if out is not None else ""))
-        history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0})
+        evaluations += _evaluations_in_step(config.optimizer, new_state, first=epoch == start_epoch)
+        history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0,
+                        "evaluations": evaluations})
         last_good = (params, state) = (new_params, new_state)
         if problem.obs_free is not None:  # R_obs, wR_all (work set) and R_free after this step
             history[-1].update(problem.epoch_metrics(params))

@@ -110,6 +110,9 @@ def test_levenberg_marquardt_recovers_from_a_bad_start(quartz):
     assert asu_rmsd(crystal, problem.atoms(params), atoms) < 1e-4
     assert float(problem.frame_thickness(params)[0]) == pytest.approx(650.0, rel=1e-3)
     assert history[-1]["loss"] < 1e-4
+    # one linearisation per iteration; every iteration tries at least one step (more when LM raises the damping)
+    assert [h["jacobians"] for h in history] == list(range(1, len(history) + 1))
+    assert all(h["evaluations"] >= h["jacobians"] + 1 for h in history)
 
 
 def test_matrix_free_step_matches_the_dense_step(quartz):
@@ -152,6 +155,9 @@ def test_hybrid_adam_thickness_network_and_lm_structure(quartz):
     params, history = run_refinement(problem, progress=False)
     assert len(history) >= 2
     assert history[-1]["loss"] < start_loss / 5
+    # per cycle: 5 Adam gradient steps + ≥ 1 LM trial, and one Jacobian
+    assert history[-1]["jacobians"] == len(history)
+    assert history[-1]["evaluations"] >= 6 * len(history)
     assert asu_rmsd(crystal, problem.atoms(params), atoms) < start / 3
 
 

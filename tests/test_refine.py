@@ -112,6 +112,10 @@ def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, opti
     run_refinement(half, tmp_path / "split", progress=False)
     resumed, history = run_refinement(problem, tmp_path / "split", resume=True, progress=False)
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    # evaluation counts: Adam one loss+gradient per step; L-BFGS at least one per step (its line search's trials)
+    counts = [h["evaluations"] for h in history]
+    assert counts == sorted(counts) and all(b - a >= 1 for a, b in zip(counts, counts[1:]))
+    assert counts[-1] == 4 if optimizer == "adam" else counts[-1] >= 5
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
 
