@@ -80,6 +80,8 @@ def run(args) -> dict:
         settings = dataclasses.replace(settings, g_max_refine=args.g_max_refine)
     if args.max_beams:
         settings = dataclasses.replace(settings, max_beams=args.max_beams)
+    if args.beams != "frame":  # per-sample beam sets (docs/SPEED.md §7); the jaxed synthesis uses the same model
+        settings = dataclasses.replace(settings, beam_selection=args.beams)
     crystal, truth = load_structure(SHARED / spec["truth"])
     t_true = None
     with warnings.catch_warnings():
@@ -116,7 +118,8 @@ def run(args) -> dict:
                                                     seed=args.seed)
     start = problem.atoms(problem.params0)
     tag = args.tag or f"{args.sample}_{args.source}_{args.model}_" + (
-        f"start{args.start}" if args.source == "paper" else f"d{args.delta}_imax{args.imax:g}")
+        f"start{args.start}" if args.source == "paper" else f"d{args.delta}_imax{args.imax:g}") + (
+        "_persample" if args.beams == "sample" else "")
     print(f"[{tag}] {exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams, "
           f"{settings.n_samples} samples; start RMSD {asu_rmsd(crystal, start, truth):.4f} Å", flush=True)
     t0 = time.perf_counter()
@@ -135,6 +138,7 @@ def run(args) -> dict:
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
               "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),
+              "beam_selection": settings.beam_selection,
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
@@ -152,7 +156,8 @@ def summary() -> None:
     for r in rows:
         p = PAPER[r["sample"]][r["model"]]
         start = f"#{r['start']}" if r["source"] == "paper" else f"Δ{r['delta']} I{r['imax']:g}"
-        size = f"{r.get('frame_step', 1)} / {r.get('n_samples', '?')} / {r.get('g_max', 'default')}"
+        size = f"{r.get('frame_step', 1)} / {r.get('n_samples', '?')} / {r.get('g_max', 'default')}" + (
+            " / per-sample beams" if r.get("beam_selection") == "sample" else "")
         print(f"| {r['sample']} | {r['source']} | {r['model']} | {start} | {size} | {r.get('N_all', '?')} | "
               f"{r['wR_all']:.4f} | {r['rmsd_A']:.4f} | "
               f"{r['adp_frobenius']:.4f} | {p[0]} / {p[1]} / {p[2]} | {r['epochs']} | {r['seconds']:.0f} |")
@@ -179,6 +184,8 @@ def main() -> None:
     ap.add_argument("--g-max", type=float, default=None, help="override the beams' g_max [1/Å]")
     ap.add_argument("--g-max-refine", type=float, default=None, help="override the reflections' g_max [1/Å]")
     ap.add_argument("--max-beams", type=int, default=None, help="cap on beams per frame (smallest |s_g| kept)")
+    ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
+                    help="one Bloch matrix per frame, or per rocking sample (its own |s_g| ≤ sg_max beams)")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
