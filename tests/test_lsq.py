@@ -202,3 +202,18 @@ def test_lsq_input_errors():
         RefineConfig(r_free=0.7)
     with pytest.raises(JaxedInputError):
         RefineConfig(optimizer="bfgs")
+
+
+def test_damped_step_ignores_a_parameter_the_data_do_not_see():
+    # J has a zero column (a parameter with no effect on any residual); rounding leaves g_1 = 1e-12 instead of 0.
+    # The LM step must not move it (before the fix: |δ_1| ≈ 1e-12 / (λ · 1e-14 floor) → 10⁹ at λ = 1e-5), and the
+    # seen parameter gets the exact damped step −g₀ / (1 + λ) (Marquardt scaling: D = diag JᵀJ = 1).
+    from jaxed.lsq import _dense_step, _scaled_eigen
+
+    jac = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    g = np.array([0.3, 1e-12])
+    scale, w, v = _scaled_eigen(jac.T @ jac)
+    for lam in (0.0, 1e-5, 1.0):
+        d = _dense_step(scale, w, v, g, lam, 1e-12)
+        assert d[1] == 0.0
+        assert d[0] == pytest.approx(-0.3 / (1.0 + lam), rel=1e-12)
