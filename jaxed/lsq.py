@@ -419,13 +419,14 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
     settings = dataclasses.replace(settings_from_config(config), damping=float(state["damping"]))
     start = len(history)
     t_prev = history[-1]["seconds"] if history else 0.0
+    counted = {key: int(history[-1].get(key, 0)) if history else 0 for key in ("evaluations", "jacobians")}
 
     def record(i, p, loss, extra):
         entry = {"epoch": start + i, "loss": float(loss), "seconds": t_prev + extra["seconds"],
                  "damping": float(extra.get("damping", 0.0))}
-        for key in ("evaluations", "jacobians"):  # cumulative within this run (a resumed run restarts the count)
+        for key, before in counted.items():  # running counts, continued across --resume
             if key in extra:
-                entry[key] = int(extra[key])
+                entry[key] = before + int(extra[key])
         if problem.obs_free is not None:
             entry.update(problem.epoch_metrics(p))
         history.append(entry)

@@ -344,7 +344,8 @@ def load_checkpoint(folder: Path, params_template, state_template):
 # ----------------------------------------------------------------------------------------------------- driver
 def _evaluations_in_step(optimizer: str, state, *, first: bool) -> int:
     """Loss + gradient evaluations made by one optimiser step: 1 for Adam; for L-BFGS the zoom line search's
-    trial points (each a value and gradient; the accepted one is reused by the next step), plus the first point."""
+    trial points (each a value and gradient; the accepted one is reused by the next step), plus the starting point at
+    epoch 0 (a resumed run's state holds the last value and gradient, so its first step evaluates nothing new)."""
     if optimizer != "lbfgs":
         return 1
     steps = optax.tree_utils.tree_get(state, "num_linesearch_steps")
@@ -396,7 +397,7 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
             raise RefinementDiverged(
                 f"epoch {epoch}: non-finite loss or gradient (loss = {value}); stopped, last good state kept"
                 + (f" in {out / 'checkpoint.npz'}" if out is not None else ""))
-        evaluations += _evaluations_in_step(config.optimizer, new_state, first=epoch == start_epoch)
+        evaluations += _evaluations_in_step(config.optimizer, new_state, first=epoch == 0)
         history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0,
                         "evaluations": evaluations})
         last_good = (params, state) = (new_params, new_state)
