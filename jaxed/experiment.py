@@ -152,8 +152,14 @@ def _quadrature_nodes(n_samples: int, quadrature: str) -> tuple[np.ndarray, np.n
     return -1.0 + 2.0 * (np.arange(n_samples) + 0.5) / n_samples, np.full(n_samples, 1.0 / n_samples)
 
 
-def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> Experiment:
-    """Build the :class:`Experiment` of PETS-like ``data`` (see :mod:`jaxed.pets`) for ``crystal`` (host, numpy)."""
+def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
+                       orientations: np.ndarray | None = None) -> Experiment:
+    """Build the :class:`Experiment` of PETS-like ``data`` (see :mod:`jaxed.pets`) for ``crystal`` (host, numpy).
+
+    ``orientations``: optional (n_frames, 3, 3) matrices M with g_lab = M·g_crys (crystal-Cartesian of ``crystal``,
+    electrons along lab −z) that replace the frames' R_x(α)R_y(β)·UB geometry (PETS.md) — e.g. another program's
+    refined orientations. They need not be pure rotations (they may absorb a data-vs-structure cell difference).
+    Beams and reflections are selected at these orientations."""
     if settings.n_samples < 1:
         raise JaxedInputError(f"n_samples = {settings.n_samples}: expected ≥ 1")
     if settings.beam_selection not in BEAM_SELECTIONS:
@@ -167,6 +173,12 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings) -> 
     n_frames = len(data.alpha)
     base = np.stack([np.asarray(rotation_x(np.deg2rad(a)) @ rotation_y(np.deg2rad(b))) @ ub @ np.linalg.inv(recip_s)
                      for a, b in zip(data.alpha, data.beta)])
+    if orientations is not None:
+        orientations = np.asarray(orientations, dtype=np.float64)
+        if orientations.shape != base.shape or not np.all(np.isfinite(orientations)):
+            raise JaxedInputError(f"orientations: expected finite ({n_frames}, 3, 3) matrices, got shape "
+                                  f"{orientations.shape}")
+        base = orientations
     semi = (np.full(n_frames, settings.semi_angle_deg) if settings.semi_angle_deg is not None
             else np.asarray(data.precession_angle, dtype=np.float64))
     precession = settings.precession
