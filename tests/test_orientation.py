@@ -89,3 +89,28 @@ def test_cli_hexagonal_search_before_refinement(misoriented, tmp_path):
         assert main(["refine", *common, "--refine-orientation", method, "--out", str(out)]) == 0
         wr[method] = json.loads((out / "report.json").read_text())["wR_all"]
     assert wr["hexagonal"] < wr["none"] / 3, wr
+
+
+def test_given_orientation_matrices_replace_the_pets_geometry():
+    # prepare_experiment(orientations=M): the true per-frame matrices given to a nominal-angle file select the same
+    # beams and reflections and give the same intensities as the file with the true angles (float64, 1e-12);
+    # a wrong shape is refused with a one-line error.
+    structure, data_path, _ = demo_files()
+    crystal, atoms = load_structure(structure)
+    with pytest.warns(UserWarning):
+        data = read_pets(data_path).subset_frames([2, 10])
+    true = dataclasses.replace(data, alpha=data.alpha + 0.15)
+    true_exp = prepare_experiment(true, crystal, SETTINGS)
+    given = prepare_experiment(data, crystal, SETTINGS, orientations=np.asarray(true_exp.base_orientation))
+    nominal = prepare_experiment(data, crystal, SETTINGS)
+    assert np.array_equal(np.asarray(given.beams.hkl), np.asarray(true_exp.beams.hkl))
+    assert not np.array_equal(np.asarray(nominal.beams.hkl), np.asarray(true_exp.beams.hkl))  # the test has teeth
+    bloch = BlochSettings(true_exp.energy_kev)
+    config = RefineConfig(thickness_model="single", thickness_init=600.0)
+    a = Refinement(crystal, atoms, given, bloch, config)
+    b = Refinement(crystal, atoms, true_exp, bloch, config)
+    np.testing.assert_allclose(np.asarray(a.intensities(a.params0)), np.asarray(b.intensities(b.params0)),
+                               rtol=1e-12, atol=1e-14)
+    from jaxed.errors import JaxedInputError
+    with pytest.raises(JaxedInputError, match="orientations"):
+        prepare_experiment(data, crystal, SETTINGS, orientations=np.eye(3))
