@@ -217,3 +217,22 @@ def test_damped_step_ignores_a_parameter_the_data_do_not_see():
         d = _dense_step(scale, w, v, g, lam, 1e-12)
         assert d[1] == 0.0
         assert d[0] == pytest.approx(-0.3 / (1.0 + lam), rel=1e-12)
+
+
+def test_lm_resume_continues_the_iterations_and_the_counts(quartz, tmp_path):
+    # LM for 4 iterations in one go vs 2 + --resume 2 more: same parameters (float64, 1e-9 relative: the damping is
+    # carried in the checkpoint), epochs numbered on, and the evaluation / Jacobian counts continue instead of
+    # restarting at the resumed run's first iteration. The resumed process evaluates its starting cost once more
+    # (the uninterrupted run knew it from its last step): that is real work and is counted.
+    full_problem = _problem(quartz, 0.1, seed=2, optimizer="lm", epochs=4)
+    full, full_history = run_refinement(full_problem, tmp_path / "full", progress=False)
+    half = _problem(quartz, 0.1, seed=2, optimizer="lm", epochs=2)
+    run_refinement(half, tmp_path / "split", progress=False)
+    resumed, history = run_refinement(_problem(quartz, 0.1, seed=2, optimizer="lm", epochs=4), tmp_path / "split",
+                                      resume=True, progress=False)
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert [h["jacobians"] for h in history] == [1, 2, 3, 4]
+    counts, full_counts = [h["evaluations"] for h in history], [h["evaluations"] for h in full_history]
+    assert counts[:2] == full_counts[:2] and [c - f for c, f in zip(counts[2:], full_counts[2:])] == [1, 1]
+    for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
