@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=int, default=40, help="hexagonal scan: at most this many rounds")
     ap.add_argument("--beams", choices=("frame", "sample"), default="frame", help="Bloch matrix per frame or sample")
     ap.add_argument("--max-beams", type=int, default=None, help="cap on the beams of a matrix")
+    ap.add_argument("--structure", default="quartz_P3221.cif",
+                    help="structure file in shared/data/structures (quartz_P3121_enantiomorph.cif: the other hand)")
     ap.add_argument("--orientations", choices=("pets", "reference"), default="pets",
                     help="start from the PETS geometry or from the paper's authors' optimised orientations")
     args = ap.parse_args()
@@ -85,7 +87,7 @@ def main() -> None:
                                   semi_angle_deg=1.0, beam_selection=args.beams, max_beams=args.max_beams)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crystal, atoms, data, exp, bloch = load_problem(SHARED / "structures/quartz_P3221.cif",
+        crystal, atoms, data, exp, bloch = load_problem(SHARED / "structures" / args.structure,
                                                      SHARED / "pets/quartz_suresh2024.cif_pets", frames=args.frames,
                                                      exp_settings=settings, log=lambda s: None)
     if args.orientations == "reference":
@@ -123,11 +125,14 @@ def main() -> None:
                                                  "frames_better": int(np.sum(wr_ratio < 1.0)),
                                                  "frames": int(len(wr_ratio))},
               "frame_wR_median": float(np.median(wr_frames)),
+              "structure": args.structure, "frame_ids": [int(i) for i in data.frame_id],
+              "frame_wR": [float(x) for x in wr_frames],
               "reference_column_median": float(np.median(reference_frame_wr(data.frame_id))),
               "peer_reference": {"R_obs": 0.0438, "wR_all": 0.0420,
                                                                                  "N_obs": 958, "N_all": 1740}}
     suffix = "" if args.beams == "frame" else f"_{args.beams}{args.max_beams or ''}"
     suffix += "_reforient" if args.orientations == "reference" else ""
+    suffix += "" if args.structure == "quartz_P3221.cif" else "_" + Path(args.structure).stem
     out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -119,7 +119,7 @@ def run(args) -> dict:
     start = problem.atoms(problem.params0)
     tag = args.tag or f"{args.sample}_{args.source}_{args.model}_" + (
         f"start{args.start}" if args.source == "paper" else f"d{args.delta}_imax{args.imax:g}") + (
-        "_persample" if args.beams == "sample" else "")
+        "_persample" if args.beams == "sample" else "") + (f"_lm{args.polish_lm}" if args.polish_lm else "")
     print(f"[{tag}] {exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams, "
           f"{settings.n_samples} samples; start RMSD {asu_rmsd(crystal, start, truth):.4f} Å", flush=True)
     t0 = time.perf_counter()
@@ -127,6 +127,20 @@ def run(args) -> dict:
                                      callback=lambda e, p, v: print(f"  epoch {e:4d}  wR_all {v:.5f}  "
                                                                    f"{time.perf_counter() - t0:7.1f} s", flush=True)
                                      if e % 10 == 0 else None)
+    adam_summary = None
+    if args.polish_lm:
+        # second-order polish: K Levenberg–Marquardt iterations from the first-order result (same problem)
+        adam_summary = {"wR_all": problem.summary(params)["wR_all"],
+                        "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "epochs": len(history)}
+        polish = Refinement(crystal, truth, exp, bloch, dataclasses.replace(config, optimizer="lm",
+                                                                            epochs=args.polish_lm))
+        polish.structure = problem.structure
+        polish.params0 = params
+        params, more = run_refinement(polish, RESULTS / f"{tag}.lm.ckpt", progress=False,
+                                      callback=lambda e, p, v: print(f"  LM {e:4d}  wR_all {v:.5f}  "
+                                                                     f"{time.perf_counter() - t0:7.1f} s", flush=True))
+        history = history + more
+        print(f"  after Adam: wR_all {adam_summary['wR_all']:.5f}, RMSD {adam_summary['rmsd_A']:.4f} Å", flush=True)
     refined = problem.atoms(params)
     summary = problem.summary(params)
     thickness = np.asarray(problem.frame_thickness(params))
@@ -138,7 +152,7 @@ def run(args) -> dict:
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
               "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),
-              "beam_selection": settings.beam_selection,
+              "beam_selection": settings.beam_selection, "polish_lm": args.polish_lm, "before_polish": adam_summary,
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
@@ -171,6 +185,8 @@ def main() -> None:
                     help="paper start model 1–3; 0 = the truth with the structure frozen (thickness-only floor)")
     ap.add_argument("--model", choices=("kinematic", "single", "nn"), default="nn")
     ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--polish-lm", type=int, default=0, metavar="K",
+                    help="after the Adam epochs, K Levenberg–Marquardt iterations from the Adam result")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
