@@ -149,6 +149,8 @@ def run(args) -> dict:
               "epochs": len(history), "seconds": time.perf_counter() - t0, "wR_all": summary["wR_all"],
               "R_obs": summary["R_obs"], "N_obs": summary["N_obs"], "N_all": summary["N_all"],
               "rmsd_A": asu_rmsd(crystal, refined, truth), "adp_frobenius": adp_frobenius(crystal, refined, truth),
+              "rmsd_non_h_A": asu_rmsd(crystal, refined, truth,
+                                       sites=[e not in ("H", "D") for e in crystal.site_elements]),
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
               "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),

@@ -35,8 +35,11 @@ def _displacements(crystal: Crystal, refined: AtomParams, truth: AtomParams) -> 
     return np.array(out)  # fractional
 
 
-def asu_rmsd(crystal: Crystal, refined: AtomParams, truth: AtomParams) -> float:
-    """Root-mean-square distance [Å] between refined and true ASU sites (symmetry images, polar origin removed)."""
+def asu_rmsd(crystal: Crystal, refined: AtomParams, truth: AtomParams, sites=None) -> float:
+    """Root-mean-square distance [Å] between refined and true ASU sites (symmetry images, polar origin removed).
+
+    ``sites``: optional boolean mask or index array of the ASU sites to average over (e.g. the non-H atoms); the
+    polar-origin shift is always fitted on all sites."""
     d = _displacements(crystal, refined, truth)
     polar = _polar_basis(crystal)
     if polar.size:
@@ -47,6 +50,8 @@ def asu_rmsd(crystal: Crystal, refined: AtomParams, truth: AtomParams) -> float:
         coef, *_ = np.linalg.lstsq(p_cart.T, mean, rcond=None)
         d = d - (coef @ polar)[None]
     cart = d @ np.asarray(crystal.direct).T
+    if sites is not None:
+        cart = cart[np.asarray(sites)]
     return float(np.sqrt(np.mean(np.sum(cart**2, axis=1))))
 
 

@@ -76,3 +76,20 @@ def test_random_start_displacement_and_metrics():
     r, t = np.asarray(crystal.rotations[1]), np.asarray(crystal.translations[1])
     image = atoms.__class__(jnp.asarray(np.asarray(atoms.frac) @ r.T + t + 1.0), atoms.u_star, atoms.occupancy)
     assert asu_rmsd(crystal, image, atoms) < 1e-9
+
+
+def test_rmsd_over_chosen_sites():
+    # Paracetamol (Pbca, no polar axis): move one H atom by 0.1 Å along x. Over all 20 sites RMSD = 0.1/√20 Å;
+    # over the non-H sites it is 0 (1e-12 Å).
+    import dataclasses
+
+    crystal, atoms = load_structure(shared_file("structures/paracetamol_formII_Pbca.cif"))
+    h = [i for i, e in enumerate(crystal.site_elements) if e == "H"][0]
+    shift = np.linalg.solve(np.asarray(crystal.direct), [0.1, 0.0, 0.0])
+    frac = np.asarray(atoms.frac).copy()
+    frac[h] += shift
+    moved = dataclasses.replace(atoms, frac=jnp.asarray(frac))
+    n = len(crystal.site_elements)
+    assert asu_rmsd(crystal, moved, atoms) == pytest.approx(0.1 / np.sqrt(n), rel=1e-9)
+    heavy = [e != "H" for e in crystal.site_elements]
+    assert asu_rmsd(crystal, moved, atoms, sites=heavy) < 1e-12
