@@ -27,7 +27,7 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from jaxed import objective, orientation  # noqa: E402
+from jaxed import orientation  # noqa: E402
 from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
@@ -36,23 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def reference_orientations(frame_ids) -> np.ndarray:
-    """The authors' optimised orientation matrices (shared/data/README.md, reference/) of the frames ``frame_ids``."""
+def reference_orientations(frame_ids) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' optimised orientation matrices (shared/data/README.md, reference/) of the frames ``frame_ids``,
+    (n, 3, 3), and their per-frame wR2 column (their fit at those orientations), (n,)."""
     path = SHARED / "reference" / "quartz_optimised_orientations.csv"
     with open(path, newline="") as f:
-        rows = {int(r["Rotation Index"]): np.array(ast.literal_eval(r["Orientation Matrix"]), dtype=np.float64)
-                for r in csv.DictReader(f)}
+        rows = {int(r["Rotation Index"]): r for r in csv.DictReader(f)}
     missing = [int(i) for i in frame_ids if int(i) - 1 not in rows]
     if missing:
         raise SystemExit(f"{path}: no orientation for frame ids {missing}")
-    return np.stack([rows[int(i) - 1] for i in frame_ids])
-
-
-def reference_frame_wr(frame_ids) -> np.ndarray:
-    """The per-frame wR2 column of the authors' file (their fit at their orientations)."""
-    with open(SHARED / "reference" / "quartz_optimised_orientations.csv", newline="") as f:
-        rows = {int(r["Rotation Index"]): float(r["wR2"]) for r in csv.DictReader(f)}
-    return np.array([rows[int(i) - 1] for i in frame_ids])
+    chosen = [rows[int(i) - 1] for i in frame_ids]
+    matrices = np.stack([np.array(ast.literal_eval(r["Orientation Matrix"]), dtype=np.float64) for r in chosen])
+    return matrices, np.array([float(r["wR2"]) for r in chosen])
 
 
 def beam_directions(orientations) -> np.ndarray:
@@ -60,12 +55,6 @@ def beam_directions(orientations) -> np.ndarray:
     d = np.linalg.solve(np.asarray(orientations), np.broadcast_to([0.0, 0.0, -1.0], (len(orientations), 3))[..., None])
     d = d[..., 0]
     return d / np.linalg.norm(d, axis=1, keepdims=True)
-
-
-def per_frame_wr(problem) -> np.ndarray:
-    i_calc = problem.intensities(problem.params0)
-    scaled = objective.frame_scales(i_calc, problem.obs)[:, None] * i_calc
-    return np.asarray(objective.wr_all_paper(scaled, problem.obs, per_frame=True))
 
 
 def main() -> None:
@@ -90,8 +79,9 @@ def main() -> None:
         crystal, atoms, data, exp, bloch = load_problem(SHARED / "structures" / args.structure,
                                                      SHARED / "pets/quartz_suresh2024.cif_pets", frames=args.frames,
                                                      exp_settings=settings, log=lambda s: None)
+    ref_orientations, ref_frame_wr = reference_orientations(data.frame_id)
     if args.orientations == "reference":
-        exp = prepare_experiment(data, crystal, settings, orientations=reference_orientations(data.frame_id))
+        exp = prepare_experiment(data, crystal, settings, orientations=ref_orientations)
     config = RefineConfig(thickness_model="single", thickness_init=args.thickness)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     before = problem.summary(problem.params0)
@@ -110,10 +100,10 @@ def main() -> None:
     mis = orientation.misorientation_deg(problem.experiment.base_orientation, exp.base_orientation)
     # against the authors' orientations: beam-direction difference, and per-frame wR (ours at the end vs their column)
     final = np.asarray(problem.experiment.base_orientation)
-    cosines = np.sum(beam_directions(final) * beam_directions(reference_orientations(data.frame_id)), axis=1)
+    cosines = np.sum(beam_directions(final) * beam_directions(ref_orientations), axis=1)
     beam_vs_reference = np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))
-    wr_frames = per_frame_wr(problem)
-    wr_ratio = wr_frames / reference_frame_wr(data.frame_id)
+    wr_frames = orientation.frame_losses(problem, problem.params0)
+    wr_ratio = wr_frames / ref_frame_wr
     result = {"method": args.method, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
               "max_rounds": args.max_rounds, "thickness_A": args.thickness, "seconds": seconds,
               "before": {k: before[k] for k in ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")},
@@ -127,7 +117,7 @@ def main() -> None:
               "frame_wR_median": float(np.median(wr_frames)),
               "structure": args.structure, "frame_ids": [int(i) for i in data.frame_id],
               "frame_wR": [float(x) for x in wr_frames],
-              "reference_column_median": float(np.median(reference_frame_wr(data.frame_id))),
+              "reference_column_median": float(np.median(ref_frame_wr)),
               "peer_reference": {"R_obs": 0.0438, "wR_all": 0.0420,
                                                                                  "N_obs": 958, "N_all": 1740}}
     suffix = "" if args.beams == "frame" else f"_{args.beams}{args.max_beams or ''}"

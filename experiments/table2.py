@@ -68,28 +68,27 @@ SAMPLES = {
 
 
 def _scan_thickness(problem: Refinement, grid) -> tuple[float, list]:
-    """wR_all of one thickness for all frames on a grid (structure and orientations fixed)."""
+    """wR_all of one thickness for all frames on a grid (structure and orientations fixed); a best value on the edge
+    of the grid is not a minimum, so the scan then walks outwards (within 50–3000 Å) until it is one."""
     intens = jax.jit(problem.intensities)
-    rows = []
-    for t in grid:
+
+    def row(t):
         p = dict(problem.params0, thickness={"log_t0": jax.numpy.log(jax.numpy.asarray(float(t)))})
         s = objective.summary(intens(p), problem.obs, kind=problem.config.residual)
-        rows.append((float(t), s["wR_all"], s["R_obs"]))
+        return float(t), s["wR_all"], s["R_obs"]
+
+    rows = [row(t) for t in grid]
     best = min(rows, key=lambda r: r[1])
-    # a best value on the edge of the grid is not a minimum: walk outwards (within 50–3000 Å) until it is
     step = float(grid[1] - grid[0]) if len(grid) > 1 else 100.0
     while True:
         t_min, t_max = min(r[0] for r in rows), max(r[0] for r in rows)
         if best[0] == t_min and t_min - step >= 50.0:
-            t = t_min - step
+            rows.append(row(t_min - step))
         elif best[0] == t_max and t_max + step <= 3000.0:
-            t = t_max + step
+            rows.append(row(t_max + step))
         else:
             break
-        p = dict(problem.params0, thickness={"log_t0": jax.numpy.log(jax.numpy.asarray(float(t)))})
-        s = objective.summary(intens(p), problem.obs, kind=problem.config.residual)
-        rows.append((float(t), s["wR_all"], s["R_obs"]))
-        if s["wR_all"] >= best[1]:
+        if rows[-1][1] >= best[1]:
             break
         best = rows[-1]
     return best[0], rows

@@ -7,6 +7,7 @@ import pytest
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import load_structure
 from jaxed.demo import demo_files
+from jaxed.errors import JaxedInputError
 from jaxed.experiment import ExperimentSettings, prepare_experiment
 from jaxed.orientation import frame_losses, gradient_tilts, hexagonal_scan, misorientation_deg, nelder_mead
 from jaxed.pets import read_pets
@@ -16,17 +17,23 @@ from jaxed.synth import synthesize
 SETTINGS = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, r_sg_max=None, n_samples=15)
 
 
+def _two_frames_and_their_true_angles():
+    """Demo structure and two demo frames read with their nominal α, and the same frames at α + 0.15° (a lab
+    rotation about the tilt axis x, ⟂ beam): (crystal, atoms, nominal data, true data)."""
+    structure, data_path, _ = demo_files()
+    crystal, atoms = load_structure(structure)
+    with pytest.warns(UserWarning):
+        data = read_pets(data_path).subset_frames([2, 10])
+    return crystal, atoms, data, dataclasses.replace(data, alpha=data.alpha + 0.15)
+
+
 @pytest.fixture(scope="module")
 def misoriented():
     # Data simulated at α + 0.15° per frame (a lab rotation about the tilt axis x, ⟂ beam), read with the nominal α:
     # the searches must find the difference. (A β error would also rotate the crystal about the beam, which with
     # rocking-curve integration changes intensities at second order and is not in the two-tilt searches' space.)
     # Returns (problem at nominal angles, true base orientations).
-    structure, data_path, _ = demo_files()
-    crystal, atoms = load_structure(structure)
-    with pytest.warns(UserWarning):
-        data = read_pets(data_path).subset_frames([2, 10])
-    true = dataclasses.replace(data, alpha=data.alpha + 0.15)
+    crystal, atoms, data, true = _two_frames_and_their_true_angles()
     bloch = BlochSettings(prepare_experiment(data, crystal, SETTINGS).energy_kev)
     synthetic = synthesize(crystal, atoms, true, np.full(2, 600.0), bloch, SETTINGS, noise=False)
     nominal = dataclasses.replace(synthetic, alpha=data.alpha)
@@ -95,11 +102,7 @@ def test_given_orientation_matrices_replace_the_pets_geometry():
     # prepare_experiment(orientations=M): the true per-frame matrices given to a nominal-angle file select the same
     # beams and reflections and give the same intensities as the file with the true angles (float64, 1e-12);
     # a wrong shape is refused with a one-line error.
-    structure, data_path, _ = demo_files()
-    crystal, atoms = load_structure(structure)
-    with pytest.warns(UserWarning):
-        data = read_pets(data_path).subset_frames([2, 10])
-    true = dataclasses.replace(data, alpha=data.alpha + 0.15)
+    crystal, atoms, data, true = _two_frames_and_their_true_angles()
     true_exp = prepare_experiment(true, crystal, SETTINGS)
     given = prepare_experiment(data, crystal, SETTINGS, orientations=np.asarray(true_exp.base_orientation))
     nominal = prepare_experiment(data, crystal, SETTINGS)
@@ -111,6 +114,5 @@ def test_given_orientation_matrices_replace_the_pets_geometry():
     b = Refinement(crystal, atoms, true_exp, bloch, config)
     np.testing.assert_allclose(np.asarray(a.intensities(a.params0)), np.asarray(b.intensities(b.params0)),
                                rtol=1e-12, atol=1e-14)
-    from jaxed.errors import JaxedInputError
     with pytest.raises(JaxedInputError, match="orientations"):
         prepare_experiment(data, crystal, SETTINGS, orientations=np.eye(3))

@@ -1,4 +1,6 @@
 """Symmetry-constrained structure parameters (positions on special positions, positive-definite symmetric ADPs)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,8 +83,6 @@ def test_random_start_displacement_and_metrics():
 def test_rmsd_over_chosen_sites():
     # Paracetamol (Pbca, no polar axis): move one H atom by 0.1 Å along x. Over all 20 sites RMSD = 0.1/√20 Å;
     # over the non-H sites it is 0 (1e-12 Å).
-    import dataclasses
-
     crystal, atoms = load_structure(shared_file("structures/paracetamol_formII_Pbca.cif"))
     h = [i for i, e in enumerate(crystal.site_elements) if e == "H"][0]
     shift = np.linalg.solve(np.asarray(crystal.direct), [0.1, 0.0, 0.0])
