@@ -30,9 +30,10 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+FLOAT32 = "--float32" in sys.argv[1:]
 import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", not FLOAT32)
 jax.config.update("jax_platforms", "cpu")
 
 import jax.numpy as jnp  # noqa: E402
@@ -60,6 +61,10 @@ CASES = {
                                    frame=10, settings=ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25,
                                                                          n_samples=42, beam_selection="sample",
                                                                          max_beams=40)),
+    "quartz per-sample N≤40, 99 frames": dict(
+        structure="structures/quartz_P3221.cif", data="pets/quartz_suresh2024.cif_pets", frame=None,
+        settings=ExperimentSettings(g_max=2.25, sg_max=0.01, g_max_refine=2.25, n_samples=42,
+                                    beam_selection="sample", max_beams=40)),
     "CsPbBr3": dict(structure="structures/cspbbr3_Pbnm.cif", data="pets/cspbbr3_suresh2024.cif_pets", frame=10,
                     settings=ExperimentSettings(g_max=2.3, sg_max=0.02, g_max_refine=2.0, n_samples=60)),
     "CsPbBr3 per-sample": dict(structure="structures/cspbbr3_Pbnm.cif", data="pets/cspbbr3_suresh2024.cif_pets",
@@ -82,14 +87,16 @@ def run_case(name, spec, samples, repeats, with_expm):
     crystal, atoms = load_structure(SHARED / spec["structure"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        data = read_pets(SHARED / spec["data"], drop_bad_sigma=True).subset_frames([spec["frame"]])
+        data = read_pets(SHARED / spec["data"], drop_bad_sigma=True)
+    if spec["frame"] is not None:
+        data = data.subset_frames([spec["frame"]])
     settings = dataclasses.replace(spec["settings"], n_samples=samples)
     exp = prepare_experiment(data, crystal, settings)
     n = exp.matrix_size
     n_real = (round(float(np.asarray(exp.sample_beam_mask).sum(-1).mean())) if exp.sample_beams is not None
               else int(np.asarray(exp.beams.mask).sum()))  # mean over samples for per-sample beam sets
     bloch = BlochSettings(exp.energy_kev)
-    t = jnp.full(1, 800.0)
+    t = jnp.full((exp.n_frames, 1), 800.0)
     w = jnp.asarray(np.random.default_rng(0).uniform(size=np.shape(exp.refl_mask)))
     out = {"case": name, "N": n, "N_real": n_real, "samples": samples}
 
@@ -102,6 +109,9 @@ def run_case(name, spec, samples, repeats, with_expm):
     fwd, vg = make(bloch)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(samples, n, n)) + 1j * rng.normal(size=(samples, n, n))
+    n_frames = exp.n_frames  # times are reported per frame: the all-frames case divides by the frame count
+    if n_frames > 1:
+        x = rng.normal(size=(n_frames * samples, n, n)) + 1j * rng.normal(size=(n_frames * samples, n, n))
     herm = jnp.asarray(x + np.conj(np.swapaxes(x, 1, 2)))
     eigh = jax.jit(jnp.linalg.eigh)
     fns = {"fwd": lambda: fwd(atoms, t), "fwd_grad": lambda: vg(atoms, t), "eigh": lambda: eigh(herm)}
@@ -117,7 +127,8 @@ def run_case(name, spec, samples, repeats, with_expm):
     for _ in range(repeats):  # interleaved
         for k, f in fns.items():
             times[k].append(best(f, 1))
-    out.update({k: min(v) for k, v in times.items()})
+    out.update({k: min(v) / n_frames for k, v in times.items()})
+    out["frames"] = n_frames
     print(name, {k: (f"{1e3 * v:.1f} ms" if isinstance(v, float) else v) for k, v in out.items()}, flush=True)
     return out
 
@@ -128,15 +139,17 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--merge", action="store_true", help="keep the table rows of cases not re-run")
+    ap.add_argument("--float32", action="store_true", help="complex64 throughout (read before JAX starts)")
     args = ap.parse_args(argv)
     rows = []
     out_path = ROOT / "experiments" / "results" / "bench_frame.md"
     if args.merge and out_path.exists():  # keep the rows of cases not re-run
         old = [line for line in out_path.read_text().splitlines() if line.startswith("| ") and "---" not in line
                and not line.startswith("| case")]
-        kept = [line for line in old if line.split("|")[1].strip() not in args.cases]
+        rerun = [c + (" (complex64)" if FLOAT32 else "") for c in args.cases]
+        kept = [line for line in old if line.split("|")[1].strip() not in rerun]
         kept_checks = [c for line in out_path.read_text().splitlines() if "expm vs eigh" in line
-                       for c in line.split("; ") if c.split(":")[0] not in args.cases]
+                       for c in line.split("; ") if c.split(":")[0] not in rerun]
     else:
         kept, kept_checks = [], []
     with blas_threads(1):
@@ -146,14 +159,18 @@ def main(argv=None):
             samples = 2 if (args.quick and name.startswith("CsPbBr3")) else full
             with_expm = not (args.quick and name.startswith("CsPbBr3"))
             r = run_case(name, spec, samples, 2 if args.quick else args.repeats, with_expm)
+            if FLOAT32:
+                r["case"] += " (complex64)"
             r["full_samples"] = full
             rows.append(r)
     scale = lambda r: r["full_samples"] / r["samples"]  # noqa: E731
     lines = ["# Per-frame benchmark (experiments/bench_frame.py)", "",
-             f"CPU x86_64, {os.cpu_count()} cores, 1 BLAS thread, jax {jax.__version__}, float64; rows re-run on "
+             f"CPU x86_64, {os.cpu_count()} cores, 1 BLAS thread, jax {jax.__version__}, float64 unless the case says "
+             f"complex64; PJRT_NPROC {os.environ.get('PJRT_NPROC', 'unset')}; rows re-run on "
              f"{time.strftime('%Y-%m-%d')} at load average {os.getloadavg()[0]:.1f} (rows kept by --merge keep their "
              "earlier conditions; see the notes below the table). ms per frame with all its rocking samples; minimum over "
-             "interleaved repeats in one process. '×': measured with fewer samples and scaled linearly to the full "
+             "interleaved repeats in one process; a case over all 99 frames is one batched call divided by 99 (how a "
+             "refinement evaluates them). '×': measured with fewer samples and scaled linearly to the full "
              "count (the work is linear in the samples). Ratios are within one process, so they are robust to the "
              "shared load; the absolute times are not.", "",
              "| case | N (real) | samples | jaxed fwd | jaxed fwd+grad | expm fwd+grad | eigh limit | fwd/eigh "

@@ -168,6 +168,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beams", choices=("frame", "sample"), default=None,
                    help="one Bloch matrix per frame (frame, default) or per rocking sample with only its own "
                    "|s_g| ≤ S beams (sample: ~10× faster)")
+    p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of one Bloch matrix (unset: none)")
     p.add_argument("--semi-angle", type=_positive(float), default=None,
                    help="integration semi-angle [deg] (default: the file's precession_angle column)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
@@ -254,7 +255,7 @@ def _load(args, s):
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
                              r_sg_max=s["r_sg"], n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
-                             beam_selection=s["beams"])
+                             beam_selection=s["beams"], max_beams=s["max_beams"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],

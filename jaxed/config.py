@@ -104,6 +104,8 @@ _DATA = {
     "samples": _i(21, "rocking-curve (or precession) samples per frame", minimum=1),
     "beams": Setting(str, "frame", "Bloch matrix per frame (every beam excited at any sample) or per sample (only "
                      "its own |s_g| ≤ S beams: ~10× faster, diffBloch's selection)", choices=("frame", "sample")),
+    "max_beams": _i(None, "cap on the beams of one Bloch matrix (smallest |s_g| kept; with --beams sample, "
+                    "diffBloch uses ≈ 40 for quartz) (unset: no cap)", minimum=2),
     "semi_angle": _f(None, "integration semi-angle (unset: the file's precession_angle column)", "deg"),
     "scattering": _SCATTERING,
     "absorption": _ABSORPTION,

@@ -271,3 +271,36 @@ def test_rotation_about_beam_leaves_intensities_unchanged():
     tilted = np.asarray(rotation_x(0.01)) @ rot
     assert np.abs(intensities(atoms, crystal, beams, tilted, 500.0, settings)
                   - intensities(atoms, crystal, beams, rot, 500.0, settings)).max() > 1e-4
+
+
+def test_divided_differences_of_exp_against_the_definition():
+    # Φ_jk = (e^{iτλ_j} − e^{iτλ_k})/(λ_j − λ_k) (PHYSICS.md §4.7), built from n phases and a series near the diagonal.
+    # Reference: the definition in extended precision (mpmath-free: numpy longdouble) where |λ_j − λ_k| is large, the
+    # limit iτ e^{iτλ} on the diagonal, and the series where the gap is tiny. Gaps span 1e-12 … 1 Å⁻² and cross the
+    # series/product switch (x₀ = 0.01) on both sides. Tolerance 1e-11 relative to max|Φ| (float64).
+    from jaxed.bloch import _divided_exp
+
+    lam = np.array([-0.8, -0.3, -0.3 + 1e-12, 0.05, 0.05 + 2e-4, 0.05 + 4e-4, 0.2, 0.2 + 3e-3, 0.61])
+    tau = np.array([5.0, 64.6, 300.0])
+    got = np.asarray(_divided_exp(jnp.asarray(lam), jnp.asarray(tau)))
+    ref = np.empty_like(got)
+    for it, t in enumerate(tau):
+        for j, a in enumerate(lam):
+            for k, b in enumerate(lam):
+                d = np.longdouble(a) - np.longdouble(b)
+                if abs(float(d)) * t < 1e-6:  # the limit plus the first-order term of the mean-value expansion
+                    ref[it, j, k] = 1j * t * np.exp(1j * t * 0.5 * (a + b))
+                else:
+                    ea = np.cos(np.longdouble(t) * a) + 1j * np.sin(np.longdouble(t) * a)
+                    eb = np.cos(np.longdouble(t) * b) + 1j * np.sin(np.longdouble(t) * b)
+                    ref[it, j, k] = complex((ea - eb) / d)
+    scale = np.max(np.abs(ref))
+    assert np.max(np.abs(got - ref)) / scale < 1e-11
+    # complex (damped) eigenvalues take the direct form: same definition
+    lam_c = lam + 1j * np.linspace(0.0, 0.01, lam.size)
+    got_c = np.asarray(_divided_exp(jnp.asarray(lam_c), jnp.asarray(tau[:1])))[0]
+    e = np.exp(1j * tau[0] * lam_c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref_c = (e[:, None] - e[None, :]) / (lam_c[:, None] - lam_c[None, :])
+    far = np.abs(lam_c[:, None] - lam_c[None, :]) > 1e-3
+    assert np.max(np.abs(got_c - ref_c)[far]) / np.max(np.abs(got_c)) < 1e-12
