@@ -138,7 +138,8 @@ def main(argv=None) -> int:
                      "step_min_s": min(ts), "step_median_s": float(np.median(ts)), "compile_s": steps[model][4],
                      "epochs200_s": 200 * min(ts), "load_avg": load, "beams": args.beams,
                      "max_beams": args.max_beams, "precision": "float32" if FLOAT32 else "float64",
-                     "R_obs_start": r_start[model][0], "wR_all_start": r_start[model][1]})
+                     "R_obs_start": r_start[model][0], "wR_all_start": r_start[model][1],
+                     "pjrt_nproc": os.environ.get("PJRT_NPROC", "unset")})
     base = {r["model"]: r["step_min_s"] for r in rows if r["blas_threads"] == "1"}
     for r in rows:
         r["ratio_to_single_blas1"] = r["step_min_s"] / base.get("single", np.nan)
@@ -155,15 +156,17 @@ def main(argv=None) -> int:
 def write_table() -> None:
     rows = [json.loads(line) for line in (RESULTS / "bench_refine.jsonl").read_text().splitlines() if line.strip()]
     lines = ["# Refinement step benchmark (experiments/bench_refine.py)", "",
-             f"CPU: {platform.machine()}, {os.cpu_count()} cores, **shared with other jobs during the measurements** "
-             "(load average in the table); jax " + jax.__version__ + ", float64. Measured quartz "
+             f"CPU: {platform.machine()}, {os.cpu_count()} cores; the rows up to the first with load ≈ 1.5 were measured "
+             "while other jobs shared the CPU (load average in the table), later ones on an otherwise idle machine; "
+             "PJRT_NPROC = the CPU client's thread count ('—': not recorded, the default of one per core, or 2× devices "
+             "with --devices; jaxed sets 2× cores since 2026-12-01); jax " + jax.__version__ + ". Measured quartz "
              "(quartz_suresh2024 + quartz_P3221.cif, g_max 2.25, sg_max 0.01, R_Sg 0.9). One jitted Adam step = "
              "forward + gradient of wR_all over all frames × samples. Minimum over interleaved repeats; "
              "'ratio' = step time / single-thickness step with 1 BLAS thread, same process. "
              "200-epoch time = 200 × step (compile excluded, reported separately).", "",
              "| frames | beams | N | samples | quadrature | precision | devices | model | BLAS threads | step min [s] "
-             "| step median [s] | ratio | compile [s] | 200 epochs [s] | R_obs start [%] | load avg |",
-             "|" + "---|" * 16]
+             "| step median [s] | ratio | compile [s] | 200 epochs [s] | R_obs start [%] | load avg | PJRT_NPROC |",
+             "|" + "---|" * 17]
     for r in rows:
         beams = r.get("beams", "frame") + (f" ≤{r['max_beams']}" if r.get("max_beams") else "")
         r_obs = f"{100 * r['R_obs_start']:.3f}" if "R_obs_start" in r else "—"
@@ -171,7 +174,7 @@ def write_table() -> None:
                      f"| {r.get('precision', 'float64')} | {r['devices']} "
                      f"| {r['model']} | {r['blas_threads']} | {r['step_min_s']:.2f} | {r['step_median_s']:.2f} "
                      f"| {r['ratio_to_single_blas1']:.2f} | {r['compile_s']:.0f} | {r['epochs200_s']:.0f} "
-                     f"| {r_obs} | {r['load_avg']:.1f} |")
+                     f"| {r_obs} | {r['load_avg']:.1f} | {r.get('pjrt_nproc', '—')} |")
     (RESULTS / "bench_refine.md").write_text("\n".join(lines) + "\n")
 
 

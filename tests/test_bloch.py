@@ -304,3 +304,86 @@ def test_divided_differences_of_exp_against_the_definition():
         ref_c = (e[:, None] - e[None, :]) / (lam_c[:, None] - lam_c[None, :])
     far = np.abs(lam_c[:, None] - lam_c[None, :]) > 1e-3
     assert np.max(np.abs(got_c - ref_c)[far]) / np.max(np.abs(got_c)) < 1e-12
+
+
+_P1BAR = """data_p1bar
+_cell_length_a 5.1
+_cell_length_b 6.2
+_cell_length_c 7.3
+_cell_angle_alpha 95
+_cell_angle_beta 103
+_cell_angle_gamma 88
+loop_
+_space_group_symop_operation_xyz
+'x,y,z'
+'{inv}'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_U_iso_or_equiv
+Pb1 Pb 0.11 0.23 0.37 0.012
+Br1 Br 0.31 0.77 0.05 0.020
+O1 O 0.02 0.41 0.66 0.015
+loop_
+_atom_site_aniso_label
+_atom_site_aniso_U_11
+_atom_site_aniso_U_22
+_atom_site_aniso_U_33
+_atom_site_aniso_U_12
+_atom_site_aniso_U_13
+_atom_site_aniso_U_23
+Pb1 0.011 0.014 0.009 0.002 -0.001 0.003
+"""
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.1])
+def test_real_path_for_a_crystal_centric_at_the_origin(tmp_path, kappa):
+    # P-1 with general positions and an anisotropic site. Inversion at the origin ⇒ U_g real (PHYSICS.md §3): the
+    # complex table's imaginary parts are rounding (≤ 1e-13 max|U|), the real path is taken, and it gives the same
+    # intensities (1e-12 absolute) and gradients w.r.t. positions, ADPs and thickness (1e-8 relative) as the complex
+    # path, elastic and with perturbative absorption; its gradient matches central differences (1e-6 relative).
+    # The same crystal with the centre moved to (1/4, 0, 0) has complex U_g (|Im U| > 1e-3 max|U|) and no real path.
+    from jaxed.bloch import centric_at_origin
+
+    (tmp_path / "origin.cif").write_text(_P1BAR.format(inv="-x,-y,-z"))
+    (tmp_path / "shifted.cif").write_text(_P1BAR.format(inv="-x+1/2,-y,-z"))
+    crystal, atoms = load_structure(tmp_path / "origin.cif")
+    shifted, _ = load_structure(tmp_path / "shifted.cif")
+    assert centric_at_origin(crystal) and not centric_at_origin(shifted)
+    real = BlochSettings(200.0, absorption=kappa)
+    cplx = dataclasses.replace(real, real_if_centric=False)
+    rot = zone_axis_rotation(GENERAL_AXIS, np.asarray(crystal.direct))
+    beams = make_beam_set([select_beams(np.asarray(crystal.reciprocal), rot, real.k, 1.2, 0.03)])
+    assert beams.n_beams > 20
+    u_c = np.asarray(potential_table(atoms, crystal, beams, cplx))
+    assert np.abs(u_c.imag).max() <= 1e-13 * np.abs(u_c).max()
+    assert not np.iscomplexobj(np.asarray(potential_table(atoms, crystal, beams, real)))
+    u_s = np.asarray(potential_table(atoms, shifted, beams, real))
+    assert np.iscomplexobj(u_s) and np.abs(u_s.imag).max() > 1e-3 * np.abs(u_s).max()
+
+    weights = jnp.linspace(0.5, 2.0, beams.n_beams)
+
+    def loss(settings):
+        def f(frac, u_star, t):
+            i = simulate(AtomParams(frac, u_star, atoms.occupancy), crystal, beams, rot[None], t, settings)
+            return jnp.sum(i[0] * weights[None, :])
+        return jax.jit(f)
+
+    args = (atoms.frac, atoms.u_star, jnp.array([250.0, 700.0]))
+    f_r, f_c = loss(real), loss(cplx)
+    i_r = simulate(atoms, crystal, beams, rot[None], args[2], real)
+    i_c = simulate(atoms, crystal, beams, rot[None], args[2], cplx)
+    np.testing.assert_allclose(np.asarray(i_r), np.asarray(i_c), atol=1e-12)
+    g_r = jax.grad(f_r, argnums=(0, 1, 2))(*args)
+    g_c = jax.grad(f_c, argnums=(0, 1, 2))(*args)
+    for a, b in zip(g_r, g_c):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-10 * np.abs(np.asarray(b)).max())
+    rng = np.random.default_rng(7)
+    dirs = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, (1e-3, 1e-4, 10.0))]
+    h = 1e-4
+    fd = (float(f_r(*(a + h * d for a, d in zip(args, dirs)))) - float(f_r(*(a - h * d for a, d in zip(args, dirs))))) / (2 * h)
+    analytic = sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(g_r, dirs))
+    assert analytic == pytest.approx(fd, rel=1e-6)
