@@ -110,10 +110,8 @@ def run_case(name, spec, samples, repeats, with_expm):
 
     fwd, vg = make(bloch)
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(samples, n, n)) + 1j * rng.normal(size=(samples, n, n))
     n_frames = exp.n_frames  # times are reported per frame: the all-frames case divides by the frame count
-    if n_frames > 1:
-        x = rng.normal(size=(n_frames * samples, n, n)) + 1j * rng.normal(size=(n_frames * samples, n, n))
+    x = rng.normal(size=(n_frames * samples, n, n)) + 1j * rng.normal(size=(n_frames * samples, n, n))
     herm = x + np.conj(np.swapaxes(x, 1, 2))
     if bloch.real_if_centric and centric_at_origin(crystal):  # the model's real symmetric eigh
         herm = herm.real

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -26,3 +27,15 @@ def shared_file(relpath: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data file {relpath} not available (set JAXED_SHARED_DATA or clone beside ../shared)")
     return path
+
+
+def directional_fd(loss, args, seed, h=1e-6, scales=None):
+    """Gradient of ``loss`` along a random direction (one normal draw per argument, times ``scales``) and the central
+    difference with step ``h`` along it: (analytic, finite difference, grads w.r.t. every argument)."""
+    rng = np.random.default_rng(seed)
+    scales = (1.0,) * len(args) if scales is None else scales
+    dirs = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, scales)]
+    plus = float(loss(*(a + h * d for a, d in zip(args, dirs))))
+    minus = float(loss(*(a - h * d for a, d in zip(args, dirs))))
+    grads = jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+    return sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, dirs)), (plus - minus) / (2 * h), grads

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, directional_fd
 from jaxed.bloch import BlochSettings, frame_wavefunction, potential_table, propagate_eigh, simulate
 from jaxed.crystal import AtomParams, load_structure
 from jaxed.geometry import make_beam_set, rotation_x, select_beams, zone_axis_rotation
@@ -240,12 +240,7 @@ def test_absorption_gradients_are_finite_and_correct():
 
     f = jax.jit(f)
     args = (atoms.u_star, jnp.array([300.0]))
-    grads = jax.grad(f, argnums=(0, 1))(*args)
-    rng = np.random.default_rng(3)
-    dirs = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, (1e-3, 10.0))]
-    h = 1e-5
-    fd = (float(f(*(a + h * d for a, d in zip(args, dirs)))) - float(f(*(a - h * d for a, d in zip(args, dirs))))) / (2 * h)
-    analytic = sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, dirs))
+    analytic, fd, grads = directional_fd(f, args, seed=3, h=1e-5, scales=(1e-3, 10.0))
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     assert analytic == pytest.approx(fd, rel=1e-6)
 
@@ -377,13 +372,8 @@ def test_real_path_for_a_crystal_centric_at_the_origin(tmp_path, kappa):
     i_r = simulate(atoms, crystal, beams, rot[None], args[2], real)
     i_c = simulate(atoms, crystal, beams, rot[None], args[2], cplx)
     np.testing.assert_allclose(np.asarray(i_r), np.asarray(i_c), atol=1e-12)
-    g_r = jax.grad(f_r, argnums=(0, 1, 2))(*args)
+    analytic, fd, g_r = directional_fd(f_r, args, seed=7, h=1e-4, scales=(1e-3, 1e-4, 10.0))
     g_c = jax.grad(f_c, argnums=(0, 1, 2))(*args)
     for a, b in zip(g_r, g_c):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-8, atol=1e-10 * np.abs(np.asarray(b)).max())
-    rng = np.random.default_rng(7)
-    dirs = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, (1e-3, 1e-4, 10.0))]
-    h = 1e-4
-    fd = (float(f_r(*(a + h * d for a, d in zip(args, dirs)))) - float(f_r(*(a - h * d for a, d in zip(args, dirs))))) / (2 * h)
-    analytic = sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(g_r, dirs))
     assert analytic == pytest.approx(fd, rel=1e-6)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from conftest import ROOT
+from conftest import ROOT, directional_fd
 from jaxed.bloch import BlochSettings, propagate_eigh, simulate
 from jaxed.crystal import AtomParams, load_structure
 from jaxed.geometry import make_beam_set, select_beams, zone_axis_rotation
@@ -43,15 +43,6 @@ def test_check_grads_general_orientation():
     check_grads(loss, args, order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
-def _directional_fd(loss, args, seed, h=1e-6):
-    rng = np.random.default_rng(seed)
-    dirs = [rng.normal(size=np.shape(a)) for a in args]
-    plus = float(loss(*(a + h * d for a, d in zip(args, dirs))))
-    minus = float(loss(*(a - h * d for a, d in zip(args, dirs))))
-    grads = jax.grad(loss, argnums=tuple(range(len(args))))(*args)
-    return sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, dirs)), (plus - minus) / (2 * h), grads
-
-
 def _naive_intensity_sum(b, tau):
     """exp(iτB)e₀ differentiated through eigh's eigenvectors (what jaxed avoids)."""
     lam, c = jnp.linalg.eigh(b)
@@ -83,7 +74,7 @@ def test_gradients_at_a_zone_axis_with_degenerate_eigenvalues():
 
     loss, args = _loss_fn(crystal, atoms, settings, rot, beams)
     # positions of SrTiO₃ are special positions; differentiate w.r.t. ADPs and thickness, plus all of B directly.
-    analytic, fd, grads = _directional_fd(lambda u, t: loss(args[0], u, t), args[1:], seed=1, h=1e-5)
+    analytic, fd, grads = directional_fd(lambda u, t: loss(args[0], u, t), args[1:], seed=1, h=1e-5)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
     assert analytic == pytest.approx(fd, rel=1e-6)
 
@@ -95,7 +86,7 @@ def test_gradients_with_padded_beams_and_degenerate_padding_values():
     padded = make_beam_set([np.asarray(beams.hkl[0])[np.asarray(beams.mask[0])]], n_beams=4 * beams.n_beams)
     loss, args = _loss_fn(crystal, atoms, settings, rot, beams)
     loss_p, _ = _loss_fn(crystal, atoms, settings, rot, padded)
-    analytic, fd, grads = _directional_fd(loss_p, args, seed=2)
+    analytic, fd, grads = directional_fd(loss_p, args, seed=2)
     assert analytic == pytest.approx(fd, rel=1e-6)
     for g, g0 in zip(grads, jax.grad(loss, argnums=(0, 1, 2))(*args)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-10, atol=1e-13)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import directional_fd
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import load_structure
 from jaxed.demo import demo_files
@@ -146,13 +147,7 @@ def test_per_sample_gradient_matches_finite_differences(demo):
 
     f = jax.jit(f)
     args = (jnp.asarray(atoms.frac), jnp.asarray(atoms.u_star), jnp.full(exp.n_frames, THICKNESS))
-    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*args)
-    rng = np.random.default_rng(1)
-    direction = [rng.normal(size=np.shape(a)) * s for a, s in zip(args, (1.0, 1e-3, 10.0))]
-    h = 1e-6
-    fd = (float(f(*[a + h * d for a, d in zip(args, direction)]))
-          - float(f(*[a - h * d for a, d in zip(args, direction)]))) / (2 * h)
-    analytic = sum(float(jnp.sum(g * d)) for g, d in zip(grads, direction))
+    analytic, fd, _ = directional_fd(f, args, seed=1, h=1e-6, scales=(1.0, 1e-3, 10.0))
     assert analytic == pytest.approx(fd, rel=1e-6)
 
 
