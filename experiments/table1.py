@@ -151,6 +151,8 @@ def run(args) -> dict:
               "rmsd_A": asu_rmsd(crystal, refined, truth), "adp_frobenius": adp_frobenius(crystal, refined, truth),
               "rmsd_non_h_A": asu_rmsd(crystal, refined, truth,
                                        sites=[e not in ("H", "D") for e in crystal.site_elements]),
+              "adp_frobenius_non_h": adp_frobenius(crystal, refined, truth,
+                                                   sites=[e not in ("H", "D") for e in crystal.site_elements]),
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
               "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),
@@ -158,10 +160,30 @@ def run(args) -> dict:
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
+    if args.polish_lm and args.su:
+        result["expected_from_su"] = expected_errors(polish, params, crystal)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return result
+
+
+def expected_errors(problem, params, crystal) -> dict:
+    """What the data can determine: the RMSD and ‖ΔU‖_F that the refined model's standard uncertainties
+    (jaxed.uncertainty, V = GoF² (JᵀWJ)⁻¹ over all refined parameters, the thickness network included) predict,
+    √(mean_j Σ_k σ²(x_jk)) [Å] and √(Σ_j Σ_kl σ²(U_jkl)) [Å²] — comparable with the achieved errors (an error well
+    above them means the optimiser has not converged; near them, the noise of the data sets the floor)."""
+    from jaxed.uncertainty import standard_uncertainties
+
+    su = standard_uncertainties(problem, params)
+    heavy = np.array([e not in ("H", "D") for e in crystal.site_elements])
+    var = np.sum(np.asarray(su.cart_su) ** 2, axis=1)
+    # U (CIF convention) → Cartesian needs the metric; for the orthogonal cells of Table 1's paracetamol (Pbca) and
+    # CsPbBr3 (Pbnm) they coincide, for quartz the ADP figure is approximate
+    u_var = np.sum(np.asarray(su.u_cif_su) ** 2, axis=(1, 2))
+    return {"rmsd_A": float(np.sqrt(var.mean())), "rmsd_non_h_A": float(np.sqrt(var[heavy].mean())),
+            "adp_frobenius": float(np.sqrt(u_var.sum())), "adp_frobenius_non_h": float(np.sqrt(u_var[heavy].sum())),
+            "gof": float(su.gof), "rank": int(su.rank)}
 
 
 def summary() -> None:
@@ -189,6 +211,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--polish-lm", type=int, default=0, metavar="K",
                     help="after the Adam epochs, K Levenberg–Marquardt iterations from the Adam result")
+    ap.add_argument("--su", action="store_true",
+                    help="with --polish-lm: record the errors the standard uncertainties predict (expected_from_su)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")

@@ -36,25 +36,35 @@ __all__ = [
 ]
 
 
+def _xp(*arrays):
+    """numpy for host values (python or numpy numbers), jax.numpy for JAX arrays and tracers: the host set-up
+    (beam selection, rocking-sample rotations of thousands of samples) then runs without dispatching small JAX
+    operations one by one, and traced code stays traced."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
 def rotation_x(angle):
-    """Active right-handed rotation about x by ``angle`` [rad], (3, 3); works on numpy and JAX scalars."""
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
-    return jnp.stack([jnp.stack([one, zero, zero]), jnp.stack([zero, c, -s]), jnp.stack([zero, s, c])])
+    """Active right-handed rotation about x by ``angle`` [rad], (3, 3); numpy for numpy/python input, JAX for JAX."""
+    xp = _xp(angle)
+    c, s = xp.cos(angle), xp.sin(angle)
+    one, zero = xp.ones_like(c), xp.zeros_like(c)
+    return xp.stack([xp.stack([one, zero, zero]), xp.stack([zero, c, -s]), xp.stack([zero, s, c])])
 
 
 def rotation_y(angle):
     """Active right-handed rotation about y by ``angle`` [rad], (3, 3)."""
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
-    return jnp.stack([jnp.stack([c, zero, s]), jnp.stack([zero, one, zero]), jnp.stack([-s, zero, c])])
+    xp = _xp(angle)
+    c, s = xp.cos(angle), xp.sin(angle)
+    one, zero = xp.ones_like(c), xp.zeros_like(c)
+    return xp.stack([xp.stack([c, zero, s]), xp.stack([zero, one, zero]), xp.stack([-s, zero, c])])
 
 
 def rotation_z(angle):
     """Active right-handed rotation about z by ``angle`` [rad], (3, 3)."""
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
-    return jnp.stack([jnp.stack([c, -s, zero]), jnp.stack([s, c, zero]), jnp.stack([zero, zero, one])])
+    xp = _xp(angle)
+    c, s = xp.cos(angle), xp.sin(angle)
+    one, zero = xp.ones_like(c), xp.zeros_like(c)
+    return xp.stack([xp.stack([c, -s, zero]), xp.stack([s, c, zero]), xp.stack([zero, zero, one])])
 
 
 def zone_axis_rotation(uvw: Sequence[float], direct: np.ndarray) -> np.ndarray:
@@ -86,7 +96,7 @@ def zone_axis_rotation(uvw: Sequence[float], direct: np.ndarray) -> np.ndarray:
 
 def excitation_errors(g_lab: jax.Array, k: float) -> jax.Array:
     """s_g = g_z − |g|²/(2K) [Å⁻¹] for electrons along −z (PHYSICS.md §4.2). ``g_lab`` (..., 3) [Å⁻¹], ``k`` [Å⁻¹]."""
-    return g_lab[..., 2] - jnp.sum(g_lab * g_lab, axis=-1) / (2.0 * k)
+    return g_lab[..., 2] - _xp(g_lab).sum(g_lab * g_lab, axis=-1) / (2.0 * k)
 
 
 def _hkl_within(reciprocal: np.ndarray, g_max: float) -> np.ndarray:

@@ -55,11 +55,14 @@ def asu_rmsd(crystal: Crystal, refined: AtomParams, truth: AtomParams, sites=Non
     return float(np.sqrt(np.mean(np.sum(cart**2, axis=1))))
 
 
-def adp_frobenius(crystal: Crystal, refined: AtomParams, truth: AtomParams) -> float:
-    """‖U_cart(refined) − U_cart(truth)‖_F over all ASU sites [Å²]."""
+def adp_frobenius(crystal: Crystal, refined: AtomParams, truth: AtomParams, sites=None) -> float:
+    """‖U_cart(refined) − U_cart(truth)‖_F over all ASU sites [Å²] (``sites``: optional mask or indices, as in
+    :func:`asu_rmsd`)."""
     direct = np.asarray(crystal.direct)
     diff = np.asarray(refined.u_star) - np.asarray(truth.u_star)
     u = np.einsum("ij,njk,lk->nil", direct, diff, direct)
+    if sites is not None:
+        u = u[np.asarray(sites)]
     return float(np.sqrt(np.sum(u**2)))
 
 

@@ -191,6 +191,12 @@ class Refinement:
         With ``key`` and ``config.minibatch`` the loss is over a random minibatch of frames; with ``key`` and
         ``config.thickness_samples`` > 1, each frame's intensities are averaged over reparameterised thickness draws.
         """
+        return self.loss_and_intensities(params, key)[0]
+
+    def loss_and_intensities(self, params, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """(loss, intensities): as :meth:`loss`, plus the unscaled intensities of all frames at ``params`` that the
+        loss was computed from — equal to :meth:`intensities` when the loss is full batch at the mean thickness,
+        None otherwise (a minibatch or thickness draws)."""
         exp, obs, tilts = self.experiment, self.obs, params.get("orientation")
         config = self.config
         if key is not None and config.minibatch and config.minibatch < exp.n_frames:
@@ -206,7 +212,8 @@ class Refinement:
             thickness = self.thickness.apply(params["thickness"], theta)
         i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts,
                                         frames_per_batch=self.frames_per_batch)
-        return objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean)
+        value = objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean)
+        return value, (i_calc if exp is self.experiment and thickness.ndim == 1 else None)
 
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats); with an R_free set, R_obs etc. are of the work set
@@ -254,9 +261,13 @@ class Refinement:
         """Optimiser state for ``params`` (default: the starting parameters), with explicit dtypes."""
         return _strong(self.optimizer.init(self.params0 if params is None else params))
 
-    def make_step(self) -> Callable:
+    def make_step(self, intensities: bool = False) -> Callable:
         """The jitted optimiser step ``(params, state, key) -> (params, state, loss, finite)``; compiles once.
-        ``key`` drives minibatches and thickness draws (ignored by a deterministic loss)."""
+        ``key`` drives minibatches and thickness draws (ignored by a deterministic loss).
+
+        With ``intensities=True`` (Adam) the step also returns, as a fifth output, the intensities at the incoming
+        ``params`` that its loss was computed from (None for a minibatch or thickness draws, and for L-BFGS):
+        progress monitors read R factors from them instead of running a forward model of their own."""
         opt = self.optimizer
         loss_fn = self.loss
 
@@ -264,11 +275,17 @@ class Refinement:
             stochastic = bool(self.config.minibatch) or self.config.thickness_samples > 1
 
             def step(params, state, key):
-                value, grads = jax.value_and_grad(loss_fn)(params, key if stochastic else None)
+                if intensities:
+                    (value, i_calc), grads = jax.value_and_grad(self.loss_and_intensities, has_aux=True)(
+                        params, key if stochastic else None)
+                else:
+                    value, grads = jax.value_and_grad(loss_fn)(params, key if stochastic else None)
                 finite = jnp.isfinite(value) & jnp.all(jnp.array(
                     [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
                 updates, new_state = opt.update(grads, state, params)
                 new_params = optax.apply_updates(params, updates)
+                if intensities:
+                    return new_params, new_state, value, finite, i_calc
                 return new_params, new_state, value, finite
         else:
             value_and_grad = optax.value_and_grad_from_state(loss_fn)
@@ -280,6 +297,8 @@ class Refinement:
                     [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
                 updates, new_state = opt.update(grads, state, params, value=value, grad=grads, value_fn=loss_fn)
                 new_params = optax.apply_updates(params, updates)
+                if intensities:
+                    return new_params, new_state, value, finite, None
                 return new_params, new_state, value, finite
 
         return jax.jit(step)
@@ -376,7 +395,9 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
         if out is None or not (out / "checkpoint.npz").exists():
             raise JaxedInputError(f"--resume: no checkpoint in {out}")
         params, state, history, start_epoch = load_checkpoint(out, params, state)
-    step = problem.make_step()
+    # a callback marked ``from_intensities`` gets the intensities the step's own loss computed (Adam)
+    with_intensities = bool(getattr(callback, "from_intensities", False)) and config.optimizer == "adam"
+    step = problem.make_step(intensities=with_intensities)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -387,7 +408,11 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     evaluations = int(history[-1].get("evaluations", len(history))) if history else 0
     for epoch in range(start_epoch, config.epochs):
         key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)  # reproducible across --resume
-        new_params, new_state, value, finite = step(params, state, key)
+        i_before = None
+        if with_intensities:
+            new_params, new_state, value, finite, i_before = step(params, state, key)
+        else:
+            new_params, new_state, value, finite = step(params, state, key)
         value = float(value)
         if not bool(finite):
             if out is not None:
@@ -407,7 +432,10 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
             bar.set_postfix_str(f"wR_all {value:.4f}")
             bar.update(1)
         if callback is not None:
-            callback(epoch, params, value)
+            if with_intensities:  # i_before: intensities at the parameters this epoch's step started from
+                callback(epoch, params, value, i_before)
+            else:
+                callback(epoch, params, value)
         if out is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
             save_checkpoint(out, params, state, history, epoch + 1)
     if bar is not None:

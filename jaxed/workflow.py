@@ -222,19 +222,31 @@ def data_statistics(crystal: Crystal, experiment: Experiment, summary: dict, inp
 
 
 def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, every: int):
-    """A run_refinement callback that appends R_obs, wR_all, GoF (and R_free) every ``every`` epochs and at the
-    last to ``path`` (JSON lines, so a resumed run keeps the earlier ones)."""
+    """A run_refinement callback that appends R_obs, wR_all, GoF (and R_free) after every ``every``-th epoch and
+    after the last to ``path`` (JSON lines, so a resumed run keeps the earlier ones).
+
+    Row ``epoch e`` holds the R factors after the step of epoch e. With Adam the step hands over the intensities
+    its loss computed at the parameters it started from (those after epoch e − 1), so row e − 1 is written at epoch
+    e without a forward model of its own; only the last row, and every row of the other optimisers, costs one."""
     last = problem.config.epochs - 1
 
-    def callback(epoch, params, value):
-        if epoch % every and epoch != last:
-            return
-        row = problem.summarize(intensities(params), n_params)
+    def write(epoch, i_calc):
+        row = problem.summarize(i_calc, n_params)
         entry = {"epoch": int(epoch), **{k: row[k] for k in ("wR_all", "R_obs", "GoF", "R_free", "wR_free")
                                           if k in row}}
         with open(path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
+    def callback(epoch, params, value, i_before=None):
+        if i_before is not None:
+            if epoch >= 1 and (epoch - 1) % every == 0:
+                write(epoch - 1, i_before)
+            if epoch == last:
+                write(epoch, intensities(params))
+        elif epoch % every == 0 or epoch == last:
+            write(epoch, intensities(params))
+
+    callback.from_intensities = True
     return callback
 
 

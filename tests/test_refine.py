@@ -120,6 +120,31 @@ def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, opti
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
 
 
+def test_progress_rows_from_the_steps_own_intensities_equal_a_separate_forward(demo, tmp_path):
+    # The per-epoch monitor (workflow._epoch_monitor) takes, with Adam, the intensities the step's loss computed at
+    # the parameters it started from, and writes row e - 1 at epoch e. Its rows must equal those of the same
+    # monitor evaluating the model after every step itself (float64, rtol 1e-10); an off-by-one epoch would
+    # differ by the step's change in wR_all (≈ 1e-3 here).
+    from jaxed.workflow import _epoch_monitor, _read_epochs
+
+    config = RefineConfig(thickness_model="nn", epochs=5, checkpoint_every=0, lr=5e-3)
+    problem = _problem(demo, frames=(0, 12), config=config)
+    intensities = jax.jit(problem.intensities)
+    rows = {}
+    for mode in ("aux", "forward"):
+        path = tmp_path / f"{mode}.jsonl"
+        monitor = _epoch_monitor(path, problem, intensities, 10, 1)
+        callback = monitor if mode == "aux" else (lambda e, p, v, m=monitor: m(e, p, v))
+        run_refinement(problem, None, progress=False, callback=callback)
+        rows[mode] = _read_epochs(path, config.epochs)
+    assert [r["epoch"] for r in rows["aux"]] == [r["epoch"] for r in rows["forward"]] == [0, 1, 2, 3, 4]
+    changes = np.abs(np.diff([r["wR_all"] for r in rows["forward"]]))
+    assert changes.min() > 1e-6  # the rows do move from epoch to epoch
+    for a, b in zip(rows["aux"], rows["forward"]):
+        for key in ("wR_all", "R_obs", "GoF"):
+            assert a[key] == pytest.approx(b[key], rel=1e-10)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo, tmp_path):
     config = RefineConfig(thickness_model="single", epochs=2, checkpoint_every=1)
     problem = _problem(demo, frames=(0, 12), config=config)
