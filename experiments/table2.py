@@ -152,6 +152,7 @@ def run(args) -> dict:
     config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
                           epochs=args.epochs, lr=args.lr, lr_groups=(("thickness", args.lr_thickness),),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
+                          orientation_angles=args.orientation_angles,
                           checkpoint_every=25, seed=args.seed)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     t2 = time.perf_counter()
@@ -168,6 +169,7 @@ def run(args) -> dict:
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
               "orientation": args.orientation, "joint_tilts": args.joint_tilts,
+              "orientation_angles": args.orientation_angles if args.joint_tilts else None,
               "single_thickness_A": t_best, "thickness_scan": scan,
               "before": {k: before[k] for k in keys}, "after_orientation": {k: oriented[k] for k in keys},
               "final": {k: final[k] for k in keys}, "mean_thickness_A": float(thickness.mean()),
@@ -223,6 +225,8 @@ def main() -> None:
     ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")
     ap.add_argument("--max-rounds", type=int, default=10, help="hexagonal scan: at most this many rounds")
     ap.add_argument("--joint-tilts", action="store_true", help="also refine two tilts per frame by gradient")
+    ap.add_argument("--orientation-angles", type=int, choices=(2, 3), default=2,
+                    help="with --joint-tilts: 3 adds the rotation about the beam")
     ap.add_argument("--model", choices=("nn", "single"), default="nn")
     ap.add_argument("--aniso", choices=("as-given", "all", "none"), default="as-given")
     ap.add_argument("--epochs", type=int, default=200)

@@ -101,6 +101,9 @@ def _build_parser() -> argparse.ArgumentParser:
                            default=None, help="per-frame orientations: gradient = two tilts refined jointly with "
                            "everything else; hexagonal / nelder-mead = the reference paper's searches with the "
                            "structure fixed, run first (none)")
+            p.add_argument("--orientation-angles", type=int, choices=(2, 3), default=None,
+                           help="with --refine-orientation gradient: 2 tilts ⟂ beam (2) or also the rotation about "
+                           "the beam (3)")
             p.add_argument("--minibatch", type=int, default=None, help="frames per Adam step (0: full batch)")
             p.add_argument("--thickness-samples", type=int, default=None,
                            help="ThicknessNN reparameterised draws per frame, intensities averaged (1)")

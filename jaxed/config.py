@@ -129,6 +129,8 @@ _REFINE = {
     "refine_orientation": Setting(str, "none", "per-frame orientations: gradient = two tilts refined with everything "
                                   "else; hexagonal / nelder-mead = the reference paper's searches, structure fixed, "
                                   "before the refinement", choices=("none", "gradient", "hexagonal", "nelder-mead")),
+    "orientation_angles": _i(2, "angles per frame of --refine-orientation gradient: 2 tilts ⟂ beam, or 3 (also the "
+                             "rotation about the beam, which moves the rocking axis)", minimum=2, maximum=3),
     "minibatch": _i(0, "frames per Adam step (0: full batch)"),
     "thickness_samples": _i(1, "ThicknessNN reparameterised draws per frame, intensities averaged", minimum=1),
     "lr_schedule": Setting(str, "constant", "learning-rate schedule (cosine: decay to 5 % over the epochs)",

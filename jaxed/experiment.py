@@ -324,16 +324,29 @@ def take_frames(experiment: Experiment, idx) -> Experiment:
         sample_beam_mask=None if experiment.sample_beam_mask is None else take(experiment.sample_beam_mask))
 
 
+def tilt_matrices(tilt_corrections) -> jax.Array:
+    """Lab correction rotations of per-frame tilt corrections (n_frames, 2 or 3) [rad] → (n_frames, 3, 3):
+    R_x(δ₁) R_y(δ₂), times R_z(δ₃) with a third angle (see :func:`frame_orientations`)."""
+    d = jnp.asarray(tilt_corrections)
+    if d.shape[-1] not in (2, 3):
+        raise JaxedInputError(f"tilt corrections of shape {d.shape}: expected (n_frames, 2) or (n_frames, 3)")
+    if d.shape[-1] == 3:
+        return jax.vmap(lambda a: rotation_x(a[0]) @ rotation_y(a[1]) @ rotation_z(a[2]))(d)
+    return jax.vmap(lambda a: rotation_x(a[0]) @ rotation_y(a[1]))(d)
+
+
 def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | None = None) -> jax.Array:
     """Orientation matrices of every frame and sample, (n_frames, n_samples, 3, 3).
 
     ``tilt_corrections`` (n_frames, 2) [rad]: small lab rotations R_x(δ₁) R_y(δ₂) applied to each frame — the two
-    tilts perpendicular to the beam, the only ones that change excitation errors (PHYSICS.md §8.1).
+    tilts perpendicular to the beam, the only ones that change the excitation errors of a still frame (PHYSICS.md
+    §8.1). (n_frames, 3): R_x(δ₁) R_y(δ₂) R_z(δ₃), δ₃ a rotation about the beam; it leaves a still frame's excitation
+    errors alone but turns the crystal relative to the rocking axis (lab x), so it changes which part of each
+    reflection's rocking curve a continuous-rotation frame integrates.
     """
     base = jnp.asarray(experiment.base_orientation)
     if tilt_corrections is not None:
-        corr = jax.vmap(lambda d: rotation_x(d[0]) @ rotation_y(d[1]))(tilt_corrections)
-        base = corr @ base
+        base = tilt_matrices(tilt_corrections) @ base
     return jnp.einsum("fsij,fjk->fsik", jnp.asarray(experiment.sample_rotations, base.dtype), base)
 
 
@@ -345,7 +358,7 @@ def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Expe
     Args:
         thickness: per frame, (n_frames,) [Å] — or (n_frames, n_t) to average over several thickness samples
             (e.g. ThicknessNN's reparameterised draws).
-        tilt_corrections: optional (n_frames, 2) [rad].
+        tilt_corrections: optional (n_frames, 2) or (n_frames, 3) [rad] (:func:`frame_orientations`).
         frames_per_batch: frames evaluated at once (static); None: all frames in one vmapped call. Smaller values
             run ``lax.map`` over chunks of a vmapped kernel, bounding memory (jaxed.batching.frames_per_batch).
     """

@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 from jaxed import objective
 from jaxed.bloch import potential_table
-from jaxed.experiment import Experiment, intensities_from_table, take_frames
+from jaxed.experiment import Experiment, intensities_from_table, take_frames, tilt_matrices
 from jaxed.geometry import rotation_x, rotation_y, rotation_z
 
 __all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "nelder_mead", "gradient_tilts",
@@ -143,8 +143,10 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
     return with_corrections(exp, corr), info
 
 
-def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, log=None) -> tuple[Experiment, dict]:
-    """Two tilts per frame by Adam on the full loss, structure and thickness frozen."""
+def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, angles: int = 2,
+                   log=None) -> tuple[Experiment, dict]:
+    """Two tilts per frame (``angles=3``: and the rotation about the beam, jaxed.experiment.frame_orientations) by
+    Adam on the full loss, structure and thickness frozen."""
     import optax
 
     atoms = problem.atoms(params)
@@ -159,7 +161,7 @@ def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, log=No
         return objective.loss(i_calc, obs, per_frame_mean=True)
 
     opt = optax.adam(lr)
-    tilts = jnp.zeros((exp.n_frames, 2))
+    tilts = jnp.zeros((exp.n_frames, angles))
     state = opt.init(tilts)
 
     @jax.jit
@@ -173,5 +175,5 @@ def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, log=No
         tilts, state, value = step(tilts, state)
         if log and s % 10 == 0:
             log(f"  gradient step {s}: loss {float(value):.4f} ({time.perf_counter() - t0:.0f} s)")
-    corr = np.stack([np.asarray(rotation_x(d[0]) @ rotation_y(d[1])) for d in np.asarray(tilts)])
+    corr = np.asarray(tilt_matrices(tilts))
     return with_corrections(exp, corr), {"steps": steps, "tilts_deg": np.rad2deg(np.asarray(tilts))}

@@ -55,6 +55,8 @@ class RefineConfig:
         lr_schedule: 'constant' or 'cosine' (cosine decay to 5 % of each rate over ``epochs``; damps Adam's
             end-of-run oscillations).
         refine_orientation: per-frame tilt corrections (two angles ⟂ beam) refined by gradient.
+        orientation_angles: 2 (the tilts ⟂ beam) or 3 (also the rotation about the beam, which moves the rocking
+            axis relative to the crystal and so changes the rocking-curve integration; PETS.md β errors).
         aniso: 'as-given' | 'all' | 'none'.  refine_occupancy.
         residual: 'paper' (the reference paper's wR_all) or 'jana' (|F|-based wR_all).
         per_frame_mean: minimise the root mean square of per-frame wR_all (every frame counts equally) instead of
@@ -81,6 +83,7 @@ class RefineConfig:
     lr_groups: tuple = ()
     lr_schedule: str = "constant"
     refine_orientation: bool = False
+    orientation_angles: int = 2
     aniso: str = "as-given"
     refine_occupancy: bool = False
     residual: str = "paper"
@@ -151,7 +154,9 @@ class Refinement:
         key = jax.random.PRNGKey(config.seed)
         self.params0 = {"structure": p_struct, "thickness": self.thickness.init(key)}
         if config.refine_orientation:
-            self.params0["orientation"] = jnp.zeros((experiment.n_frames, 2))
+            if config.orientation_angles not in (2, 3):
+                raise JaxedInputError(f"orientation_angles = {config.orientation_angles}: expected 2 or 3")
+            self.params0["orientation"] = jnp.zeros((experiment.n_frames, config.orientation_angles))
         self.params0 = _strong(self.params0)
         self.obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
                                                   jnp.asarray(experiment.refl_mask))

@@ -116,3 +116,46 @@ def test_given_orientation_matrices_replace_the_pets_geometry():
                                rtol=1e-12, atol=1e-14)
     with pytest.raises(JaxedInputError, match="orientations"):
         prepare_experiment(data, crystal, SETTINGS, orientations=np.eye(3))
+
+
+def test_rotation_about_the_beam_changes_only_rocking_integrated_intensities():
+    # A third correction angle δ₃ (R_z, about the beam) leaves every excitation error s_g = g_z − |g|²/2K unchanged,
+    # so a still frame (1 sample: no rocking) keeps its intensities exactly (rtol 1e-12, float64); with rocking about
+    # lab x over ±1° it turns the crystal against the rocking axis and the integrated intensities change (by > 1e-3
+    # relative at δ₃ = 0.3°). A tilt ⟂ beam (δ₁) changes even the still frame.
+    import jax.numpy as jnp
+
+    from jaxed.experiment import integrated_intensities
+
+    structure, data_path, _ = demo_files()
+    crystal, atoms = load_structure(structure)
+    with pytest.warns(UserWarning):
+        data = read_pets(data_path).subset_frames([2, 10])
+    thickness = jnp.full(2, 600.0)
+    changes = {}
+    for n_samples in (1, 15):
+        settings = dataclasses.replace(SETTINGS, n_samples=n_samples, semi_angle_deg=1.0)
+        exp = prepare_experiment(data, crystal, settings)
+        bloch = BlochSettings(exp.energy_kev)
+        mask = np.asarray(exp.refl_mask)
+
+        def calc(d, exp=exp, bloch=bloch, mask=mask):
+            tilts = jnp.tile(jnp.asarray(d), (2, 1))
+            return np.asarray(integrated_intensities(atoms, crystal, exp, thickness, bloch, tilts))[mask]
+
+        ref = calc([0.0, 0.0, 0.0])
+        assert np.allclose(calc([0.0, 0.0]), ref, rtol=1e-14, atol=0)  # 2 and 3 angles agree at zero
+        changes[n_samples] = {name: np.max(np.abs(calc(d) - ref)) / np.max(ref)
+                              for name, d in (("beam", [0.0, 0.0, np.deg2rad(0.3)]),
+                                              ("tilt", [np.deg2rad(0.3), 0.0, 0.0]))}
+    assert changes[1]["beam"] < 1e-12
+    assert changes[1]["tilt"] > 1e-3
+    assert changes[15]["beam"] > 1e-3
+
+
+def test_tilt_corrections_must_have_two_or_three_angles():
+    from jaxed.experiment import tilt_matrices
+
+    assert tilt_matrices(np.zeros((4, 3))).shape == (4, 3, 3)
+    with pytest.raises(JaxedInputError, match=r"expected \(n_frames, 2\) or \(n_frames, 3\)"):
+        tilt_matrices(np.zeros((4, 4)))

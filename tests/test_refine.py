@@ -35,10 +35,13 @@ def _problem(demo, frames=(0, 8, 16), config=RefineConfig(), settings=SMALL):
     return Refinement(crystal, atoms, exp, BlochSettings(exp.energy_kev), config)
 
 
-def test_full_loss_gradient_matches_finite_differences(demo):
-    # d wR_all / d(all parameters: free coordinates, Cholesky ADPs, ThicknessNN weights, orientation tilts) along a
-    # random direction vs central differences (float64, h = 1e-6): rtol 1e-5.
-    problem = _problem(demo, config=RefineConfig(thickness_model="nn", thickness_init=650.0, refine_orientation=True))
+@pytest.mark.parametrize("angles", [2, 3])
+def test_full_loss_gradient_matches_finite_differences(demo, angles):
+    # d wR_all / d(all parameters: free coordinates, Cholesky ADPs, ThicknessNN weights, orientation tilts — two
+    # ⟂ beam, or also the rotation about the beam) along a random direction vs central differences (float64,
+    # h = 1e-6): rtol 1e-5.
+    problem = _problem(demo, config=RefineConfig(thickness_model="nn", thickness_init=650.0, refine_orientation=True,
+                                                 orientation_angles=angles))
     params = jax.tree_util.tree_map(jnp.asarray, problem.params0)
     params["orientation"] = params["orientation"] + 1e-3
     loss = jax.jit(problem.loss)
