@@ -123,7 +123,7 @@ def run(args) -> dict:
     print(f"[{tag}] {exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams, "
           f"{settings.n_samples} samples; start RMSD {asu_rmsd(crystal, start, truth):.4f} Å", flush=True)
     t0 = time.perf_counter()
-    params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
+    params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False, resume=args.resume,
                                      callback=lambda e, p, v: print(f"  epoch {e:4d}  wR_all {v:.5f}  "
                                                                    f"{time.perf_counter() - t0:7.1f} s", flush=True)
                                      if e % 10 == 0 else None)
@@ -136,7 +136,7 @@ def run(args) -> dict:
                                                                             epochs=args.polish_lm))
         polish.structure = problem.structure
         polish.params0 = params
-        params, more = run_refinement(polish, RESULTS / f"{tag}.lm.ckpt", progress=False,
+        params, more = run_refinement(polish, RESULTS / f"{tag}.lm.ckpt", progress=False, resume=args.resume,
                                       callback=lambda e, p, v: print(f"  LM {e:4d}  wR_all {v:.5f}  "
                                                                      f"{time.perf_counter() - t0:7.1f} s", flush=True))
         history = history + more
@@ -160,22 +160,25 @@ def run(args) -> dict:
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
-    if args.polish_lm and args.su:
-        result["expected_from_su"] = expected_errors(polish, params, crystal)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
+    if args.polish_lm and args.su:  # after the first write: the refinement is kept even if this fails
+        result["expected_from_su"] = expected_errors(polish, params, crystal)
+        (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return result
 
 
 def expected_errors(problem, params, crystal) -> dict:
     """What the data can determine: the RMSD and ‖ΔU‖_F that the refined model's standard uncertainties
-    (jaxed.uncertainty, V = GoF² (JᵀWJ)⁻¹ over all refined parameters, the thickness network included) predict,
+    (jaxed.uncertainty, V = GoF² (JᵀWJ)⁻¹ of the structural parameters) predict,
     √(mean_j Σ_k σ²(x_jk)) [Å] and √(Σ_j Σ_kl σ²(U_jkl)) [Å²] — comparable with the achieved errors (an error well
     above them means the optimiser has not converged; near them, the noise of the data sets the floor)."""
     from jaxed.uncertainty import standard_uncertainties
 
-    su = standard_uncertainties(problem, params)
+    # structure only, thickness network held at its refined values: forming J for its ~4 400 weights would cost
+    # ~4 400 forward passes; the conditional s.u. are a lower bound of the full ones (correlations only add)
+    su = standard_uncertainties(problem, params, groups=["structure"])
     heavy = np.array([e not in ("H", "D") for e in crystal.site_elements])
     var = np.sum(np.asarray(su.cart_su) ** 2, axis=1)
     # U (CIF convention) → Cartesian needs the metric; for the orthogonal cells of Table 1's paracetamol (Pbca) and
@@ -211,6 +214,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--polish-lm", type=int, default=0, metavar="K",
                     help="after the Adam epochs, K Levenberg–Marquardt iterations from the Adam result")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the checkpoints of the same tag (a finished run is only re-evaluated)")
     ap.add_argument("--su", action="store_true",
                     help="with --polish-lm: record the errors the standard uncertainties predict (expected_from_su)")
     ap.add_argument("--lr", type=float, default=3e-3)
