@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from jaxed.bloch import BlochSettings  # noqa: E402
 from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
+from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
 from jaxed.metrics import adp_frobenius, asu_rmsd, thickness_errors  # noqa: E402
 from jaxed.parameters import make_structure_model  # noqa: E402
 from jaxed.pets import read_pets  # noqa: E402
@@ -160,10 +160,18 @@ def run(args) -> dict:
               "command": "python " + " ".join(sys.argv), "history": [h["loss"] for h in history]}
     if t_true is not None:
         result["thickness_error"] = thickness_errors(thickness, t_true)
+        # the noise floor: wR_all of the true structure at the true thickness of every frame (the data's Poisson
+        # noise alone); a refined model at this wR_all has fitted everything but the noise
+        i_true = integrated_intensities(truth, crystal, exp, jax.numpy.asarray(t_true), bloch)
+        result["wR_all_truth"] = float(problem.summarize(i_true)["wR_all"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     if args.polish_lm and args.su:  # after the first write: the refinement is kept even if this fails
         result["expected_from_su"] = expected_errors(polish, params, crystal)
+        if "wR_all_truth" in result:  # V ∝ GoF² ∝ wR_all²: the s.u. a fit down to the noise would give
+            ratio = result["wR_all_truth"] / result["wR_all"]
+            result["expected_from_su"]["at_noise_floor"] = {
+                k: v * ratio for k, v in result["expected_from_su"].items() if k.startswith(("rmsd", "adp"))}
         (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return result
