@@ -142,6 +142,7 @@ def run(args) -> dict:
         history = history + more
         print(f"  after Adam: wR_all {adam_summary['wR_all']:.5f}, RMSD {adam_summary['rmsd_A']:.4f} Å", flush=True)
     refined = problem.atoms(params)
+    non_h = [e not in ("H", "D") for e in crystal.site_elements]
     summary = problem.summary(params)
     thickness = np.asarray(problem.frame_thickness(params))
     result = {"tag": tag, "sample": args.sample, "source": args.source, "model": args.model,
@@ -149,10 +150,8 @@ def run(args) -> dict:
               "epochs": len(history), "seconds": time.perf_counter() - t0, "wR_all": summary["wR_all"],
               "R_obs": summary["R_obs"], "N_obs": summary["N_obs"], "N_all": summary["N_all"],
               "rmsd_A": asu_rmsd(crystal, refined, truth), "adp_frobenius": adp_frobenius(crystal, refined, truth),
-              "rmsd_non_h_A": asu_rmsd(crystal, refined, truth,
-                                       sites=[e not in ("H", "D") for e in crystal.site_elements]),
-              "adp_frobenius_non_h": adp_frobenius(crystal, refined, truth,
-                                                   sites=[e not in ("H", "D") for e in crystal.site_elements]),
+              "rmsd_non_h_A": asu_rmsd(crystal, refined, truth, sites=non_h),
+              "adp_frobenius_non_h": adp_frobenius(crystal, refined, truth, sites=non_h),
               "start_rmsd_A": asu_rmsd(crystal, start, truth), "mean_thickness_A": float(thickness.mean()),
               "n_samples": settings.n_samples, "frame_step": args.frame_step, "g_max": settings.g_max,
               "g_max_refine": settings.g_max_refine, "beams_padded": int(exp.matrix_size),

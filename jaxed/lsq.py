@@ -131,7 +131,7 @@ class LeastSquares:
                 # quartz test problem), so forward mode is kept until P > REV_COST_RATIO · N_residuals
                 jacobian = "fwd" if self.n_params <= REV_COST_RATIO * self.n_residuals else "rev"
         self.jacobian_mode = jacobian
-        self.jacobian_chunk = self._chunk(jacobian)
+        self.jacobian_chunk = self._chunk(jacobian, x0.dtype)
         self.residuals = jax.jit(self._residuals)
         self.cost = jax.jit(lambda x, fixed, obs: 0.5 * jnp.sum(self._residuals(x, fixed, obs) ** 2))
         self.jacobian = jax.jit(self._fwd_jacobian if jacobian == "fwd" else self._rev_jacobian)
@@ -155,7 +155,7 @@ class LeastSquares:
             return r, jax.lax.map(lambda u: vjp(u)[0], eye, batch_size=self.jacobian_chunk)
         return r, jax.vmap(lambda u: vjp(u)[0])(eye)
 
-    def _chunk(self, mode: str) -> int:
+    def _chunk(self, mode: str, dtype) -> int:
         """JVPs (or VJPs) evaluated at once when J is formed: all of them when their working sets fit in
         batching.MEMORY_FRACTION of the device memory, else chunks (``lax.map``). One tangent of the forward model
         holds about a forward's intermediates (jaxed.batching.bytes_per_frame without the gradient, all frames); a
@@ -164,7 +164,7 @@ class LeastSquares:
         from jaxed import batching
 
         exp = self.problem.experiment
-        complex_bytes = 16 if jnp.asarray(exp.sample_rotations).dtype == jnp.float64 else 8
+        complex_bytes = 16 if dtype == jnp.float64 else 8  # the parameters' precision is the model's
         per = exp.n_frames * batching.bytes_per_frame(exp.matrix_size, int(np.shape(exp.sample_rotations)[1]),
                                                       gradient=mode == "rev", complex_bytes=complex_bytes)
         count = self.n_params if mode == "fwd" else self.n_residuals
