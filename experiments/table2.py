@@ -116,7 +116,7 @@ def run(args) -> dict:
     settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=spec["sg_max"],
                                   g_max_refine=args.g_max_refine or spec["g_max_refine"], r_sg_max=spec["r_sg_max"],
                                   n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
-                                  beam_selection=args.beams)
+                                  beam_selection=args.beams, d_sg_min=args.d_sg)
     tag = args.tag or f"{args.sample}_{hand}"
     log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     with warnings.catch_warnings():
@@ -164,7 +164,7 @@ def run(args) -> dict:
     final = problem.summary(params)
     thickness = np.asarray(problem.frame_thickness(params))
     theta = np.rad2deg(np.asarray(exp.theta))
-    keys = ("R_obs", "wR_all", "wR_all_jana", "N_obs", "N_all")
+    keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
@@ -177,6 +177,7 @@ def run(args) -> dict:
               "history": [h["loss"] for h in history]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
+    np.save(RESULTS / f"{tag}_orientations.npy", np.asarray(exp.base_orientation))  # after the scan (re-evaluation)
     _plot(RESULTS / f"{tag}_thickness.png", theta, thickness,
           f"{tag}: R_obs {final['R_obs']:.4f}, wR_all {final['wR_all']:.4f}")
     log(json.dumps({k: result[k] for k in ("final", "mean_thickness_A", "timing_s")}))
@@ -185,17 +186,19 @@ def run(args) -> dict:
 
 def summary() -> None:
     rows = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
-    print("| sample (run) | frames | samples | beams | g_max/refine | R_obs | wR_all | N_obs, N_all | mean t (nm) | "
-          "Jana R_obs/wR | paper R_obs/wR (N) | diffBloch R_obs/wR |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| sample (run) | frames | samples | beams | g_max/refine | D_Sg | R_obs | wR_all | frame means R_obs/wR | "
+          "N_obs, N_all | mean t (nm) | Jana R_obs/wR | paper R_obs/wR (N) | diffBloch R_obs/wR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, r in rows.items():
         pub = PUBLISHED[r["sample"]]
         f, s = r["final"], r["settings"]
         db = "–" if pub["diffbloch"] is None else f"{pub['diffbloch'][0]:.2%} / {pub['diffbloch'][1]:.2%}"
         beams = s.get("beam_selection", "frame") + (f" ≤{s['max_beams']}" if s.get("max_beams") else "")
+        means = (f"{f['R_obs_frame_mean']:.2%} / {f['wR_all_frame_mean']:.2%}" if "R_obs_frame_mean" in f else "–")
         print(f"| {r['sample']} ({tag}) | {r['frames']} | {s['n_samples']} | {beams} | "
-              f"{s['g_max']}/{s['g_max_refine']} | "
-              f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {f['N_obs']}, {f['N_all']} | {r['mean_thickness_A'] / 10:.1f} | "
+              f"{s['g_max']}/{s['g_max_refine']} | {s.get('d_sg_min') or '–'} | "
+              f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {means} | {f['N_obs']}, {f['N_all']} | "
+              f"{r['mean_thickness_A'] / 10:.1f} | "
               f"{pub['jana'][0]:.1%} / {pub['jana'][1]:.1%} | {pub['paper'][0]:.1%} / {pub['paper'][1]:.1%} "
               f"({pub['paper_n'][0]}, {pub['paper_n'][1]}) | {db} |")
     for tag, r in rows.items():  # Table 3: every run of P3221 with its twin run (same tag) of P3121
@@ -207,6 +210,9 @@ def summary() -> None:
         for i, k in enumerate(("wR_all", "R_obs")):
             print(f"| {k} | {r['final'][k]:.2%} | {twin['final'][k]:.2%} | "
                   f"{TABLE3['P3221'][i]:.1%} | {TABLE3['P3121'][i]:.1%} |")
+            if f"{k}_frame_mean" in r["final"] and f"{k}_frame_mean" in twin["final"]:
+                print(f"| {k}, mean over frames | {r['final'][k + '_frame_mean']:.2%} | "
+                      f"{twin['final'][k + '_frame_mean']:.2%} | | |")
 
 
 def main() -> None:
@@ -221,6 +227,7 @@ def main() -> None:
     ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
                     help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")
     ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
+    ap.add_argument("--d-sg", type=float, default=None, help="reflections used: Δs_g − |s_g| > D [1/Å] (e.g. 0.0015)")
     ap.add_argument("--orientation", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
     ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")
     ap.add_argument("--max-rounds", type=int, default=10, help="hexagonal scan: at most this many rounds")

@@ -167,6 +167,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sg-max", type=_positive(float), default=None, help="beams in the matrix: |s_g| ≤ S [1/Å] (0.01)")
     p.add_argument("--g-max-refine", type=_positive(float), default=None, help="reflections used: |g| ≤ G [1/Å] (1.4)")
     p.add_argument("--r-sg", type=_positive(float), default=None, help="reflections used: R_Sg ≤ R (0.9)")
+    p.add_argument("--d-sg", type=_positive(float), default=None,
+                   help="reflections used: Δs_g − |s_g| > D [1/Å] (Klar et al.'s D_Sg, e.g. 0.0015; unset: none)")
     p.add_argument("--samples", type=int, default=None, help="rocking-curve samples per frame (21)")
     p.add_argument("--beams", choices=("frame", "sample"), default=None,
                    help="one Bloch matrix per frame (frame, default) or per rocking sample with only its own "
@@ -257,7 +259,8 @@ def _load(args, s):
     from jaxed.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
-                             r_sg_max=s["r_sg"], n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
+                             r_sg_max=s["r_sg"], d_sg_min=s["d_sg"], n_samples=int(s["samples"]),
+                             semi_angle_deg=s["semi_angle"],
                              beam_selection=s["beams"], max_beams=s["max_beams"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -273,6 +276,9 @@ def _print_summary(report: dict) -> None:
     print(f"R_obs {100 * report['R_obs']:.2f} %   wR_all {100 * report['wR_all']:.2f} % (paper form)   "
           f"wR_all(|F|) {100 * report['wR_all_jana']:.2f} %   N_obs {report['N_obs']}   N_all {report['N_all']}   "
           f"mean thickness {report['mean_thickness_A']:.0f} Å")
+    if report.get("R_obs_frame_mean") is not None:
+        print(f"means over frames (diffBloch's aggregate): R_obs {100 * report['R_obs_frame_mean']:.2f} %   "
+              f"wR_all {100 * report['wR_all_frame_mean']:.2f} %")
 
 
 def _run_evaluate(args) -> int:

@@ -101,6 +101,8 @@ _DATA = {
     "sg_max": _f(0.01, "beams in the Bloch matrix: |s_g| ≤ S at some rocking sample", "1/Å"),
     "g_max_refine": _f(1.4, "reflections used: |g| ≤ G", "1/Å"),
     "r_sg": _f(0.9, "reflections used: R_Sg ≤ R (Bragg condition crossed within the frame)"),
+    "d_sg": _f(None, "reflections used: Δs_g − |s_g| > D [1/Å], the Bragg condition crossed with a margin "
+                     "(Klar et al. 2023's D_Sg; 0.0015 in the reference runs; unset: no cap)"),
     "samples": _i(21, "rocking-curve (or precession) samples per frame", minimum=1),
     "beams": Setting(str, "frame", "Bloch matrix per frame (every beam excited at any sample) or per sample (only "
                      "its own |s_g| ≤ S beams: ~10× faster, diffBloch's selection)", choices=("frame", "sample")),

@@ -41,7 +41,14 @@ class ExperimentSettings:
         sg_max: beams in the matrix, |s_g| ≤ sg_max at some rocking sample [Å⁻¹].
         g_max_refine: observed reflections used, |g| ≤ g_max_refine [Å⁻¹].
         sg_max_refine: observed reflections used, |s_g| ≤ this at the frame centre [Å⁻¹] (None: no cap).
-        r_sg_max: observed reflections used, R_Sg ≤ this (None: no cap) (PHYSICS.md §5.2).
+        r_sg_max: observed reflections used, R_Sg ≤ this (None: no cap) (PHYSICS.md §5.2). R_Sg = |s_g|/Δs_g at the
+            frame centre, Δs_g the half-range of s_g swept by the frame: |ds_g/dφ|·φ_semi = |g_y|·φ_semi for rotation
+            about lab x (PHYSICS.md §5.4), |g_⊥|·sin α_p for precession.
+        d_sg_min: observed reflections used, Δs_g − |s_g| > this [Å⁻¹] (None: no cap): the Bragg condition must be
+            crossed with a margin, not at the frame's edge (Klar et al. 2023's D_Sg as diffBloch applies it; it
+            drops reflections near the rotation axis and reflections only grazed by a frame; quartz/CsPbBr₃:
+            0.0015). diffBloch measures the lever as the distance |(g_y, g_z)| from the axis; here it is |g_y|,
+            the exact first-order rate (the two differ by g_z ≈ |g|²/2K, < 1.3 % of |g| at 2 Å⁻¹ and 200 kV).
         n_samples: rocking-curve samples per frame.
         semi_angle_deg: integration semi-angle [deg]; None: the file's per-frame value (precession_angle column).
         max_beams: cap on the beams of a frame (smallest |s_g| kept; observed reflections always kept).
@@ -64,6 +71,7 @@ class ExperimentSettings:
     g_max_refine: float = 1.4
     sg_max_refine: float | None = None
     r_sg_max: float | None = 0.9
+    d_sg_min: float | None = None
     n_samples: int = 21
     semi_angle_deg: float | None = None
     max_beams: int | None = None
@@ -206,13 +214,16 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
         s_centre = np.asarray(excitation_errors(g_obs, k))
         if settings.sg_max_refine is not None:
             keep &= np.abs(s_centre) <= settings.sg_max_refine
-        if settings.r_sg_max is not None:
+        if settings.r_sg_max is not None or settings.d_sg_min is not None:
             if precession:
                 g_perp = np.linalg.norm(g_obs[:, :2], axis=1)
                 width = g_perp * np.sin(np.deg2rad(semi[i]))
             else:
                 width = np.abs(g_obs[:, 1]) * np.deg2rad(semi[i])  # |ds/dφ| = |g_y| for rotation about lab x
-            keep &= np.abs(s_centre) <= settings.r_sg_max * np.maximum(width, 1e-12)
+            if settings.r_sg_max is not None:
+                keep &= np.abs(s_centre) <= settings.r_sg_max * np.maximum(width, 1e-12)
+            if settings.d_sg_min is not None:
+                keep &= width - np.abs(s_centre) > settings.d_sg_min
         keep &= ~np.all(h_obs == 0, axis=1)
         rows, h_obs = rows[keep], h_obs[keep]
         _, first = np.unique(h_obs, axis=0, return_index=True)  # a reflection listed twice in a frame counts once

@@ -22,6 +22,15 @@ printed rule needs no separate "weak but positive" case, and the smooth variant 
 * ``r_obs`` = Σ|F_o − F_c| / Σ F_o over the observed reflections, I_obs > 3σ(I_obs); ``r_all`` the same over all.
 * ``goodness_of_fit`` = sqrt(Σ_all w_jana (F_o − F_c)² / (N_all − N_par)).
 
+**Two aggregates.** The values above pool every (frame, reflection) pair: one ratio of sums over all frames (Jana's
+convention). diffBloch (Colmey et al. 2026) and, as far as can be established, the reference paper report instead the
+**arithmetic mean over frames of per-frame values**, each frame at the scale that minimises that metric for that frame
+(their summary logger; the training loss is the mean of per-frame wR_all). :func:`frame_values` computes these
+per-frame values: wR_all at its closed-form scale, R_obs at its exact minimiser (a weighted median, below), and
+:func:`summary` reports both aggregates, named ``R_obs`` / ``wR_all`` (pooled) and ``R_obs_frame_mean`` /
+``wR_all_frame_mean``. The two differ by several points on measured data (frames with few strong reflections fit
+better alone), so published numbers are only comparable with the aggregate of the same definition.
+
 **Scales.** Each frame i has a scale k_i multiplying its I_calc, eliminated in closed form (weighted least squares):
 paper form k = Σ w² I_o I_c / Σ w² I_c²; Jana form √k = Σ w F_o F_c / Σ w F_c² (the minimiser of Σ w(F_o − √k F_c)²).
 Both are ≥ 0 because I_o ≥ 0 after the observation rule. Guard: a frame whose denominator vanishes (no unmasked
@@ -55,7 +64,7 @@ if TYPE_CHECKING:  # shape annotations only
     from jaxtyping import Array, ArrayLike, Bool, Float
 
 __all__ = ["Observations", "prepare_observations", "frame_scales", "wr_all_paper", "wr_all_jana", "r_obs", "r_all",
-           "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "RESIDUAL_KINDS",
+           "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "frame_values", "RESIDUAL_KINDS",
            "free_set_mask", "free_values", "free_summary"]
 
 RESIDUAL_KINDS = ("paper", "jana")
@@ -320,15 +329,66 @@ def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params
     Each wR is evaluated at its own closed-form scales (wR_all: paper scales; wR_all_jana and GoF: Jana scales);
     R_obs and R_all at the scales of ``kind`` (the residual refined), which are returned as ``scales``.
 
+    Also the means over frames of the per-frame values of :func:`frame_values` (diffBloch's aggregate): frames
+    without an observed reflection are left out of the R_obs mean, frames without any observed intensity out of the
+    wR_all mean.
+
     Returns:
-        {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'N_obs', 'N_all', 'scales_kind', 'scales'}.
+        {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'R_obs_frame_mean', 'wR_all_frame_mean', 'N_obs', 'N_all',
+        'scales_kind', 'scales'}.
     """
     _check_kind(kind)
     values = _summary_values(i_calc, obs, n_params, kind)
     n_obs, n_all = counts(obs)
     out = {name: float(values[name]) for name in ("R_obs", "R_all", "wR_all", "wR_all_jana", "GoF")}
+    per_frame = frame_values(i_calc, obs)
+    for name in ("R_obs", "wR_all"):
+        v = per_frame[name][per_frame[f"has_{name}"]]
+        out[f"{name}_frame_mean"] = float(v.mean()) if v.size else 0.0
     scales = [float(x) for x in np.asarray(values["k"])]
     return out | {"N_obs": n_obs, "N_all": n_all, "scales_kind": kind, "scales": scales}
+
+
+def _l1_scale(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
+    """c ≥ 0 minimising Σ|F_o − c·F_c| (host, one frame): the median of F_o/F_c weighted by F_c (exact).
+
+    Σ|F_o − cF_c| = Σ F_c·|F_o/F_c − c| over F_c > 0 (+ a constant from F_c = 0), a weighted L1 distance whose
+    minimisers are the weighted medians; the smallest one is returned (1 when every F_c is 0)."""
+    ok = f_calc > 0
+    if not np.any(ok):
+        return 1.0
+    ratio, weight = f_obs[ok] / f_calc[ok], f_calc[ok]
+    order = np.argsort(ratio, kind="stable")
+    cum = np.cumsum(weight[order])
+    return float(ratio[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def frame_values(i_calc: Float[Array, "n_frames n_refl"], obs: Observations) -> dict:
+    """Per-frame R_obs and wR_all (paper form), each at the scale that minimises it for that frame (host, numpy).
+
+    wR_all: the closed-form paper scale (:func:`frame_scales`). R_obs = Σ_obs|F_o − √k F_c| / Σ_obs F_o over the
+    frame's observed reflections, minimised exactly over √k (:func:`_l1_scale`); diffBloch minimises each metric
+    over a grid of 100 scales instead, which can only give values ≥ these.
+
+    Returns:
+        {'R_obs', 'wR_all', 'has_R_obs', 'has_wR_all', 'N_obs', 'N_all'}: arrays over frames; ``has_*`` is False
+        where the frame has no observed reflection (R_obs) or no observed intensity (wR_all), whose value is 0.
+    """
+    i_calc = np.where(np.asarray(obs.mask), np.asarray(i_calc, dtype=np.float64), 0.0)
+    paper = np.asarray(frame_scales(jnp.asarray(i_calc), obs, kind="paper"), dtype=np.float64)[:, None] * i_calc
+    num, den = (np.asarray(x, dtype=np.float64) for x in _sums(jnp.asarray(paper), obs, "paper", -1))
+    has_wr = den > 0
+    wr = np.where(has_wr, np.sqrt(np.maximum(num, 0.0) / np.where(has_wr, den, 1.0)), 0.0)
+    f_obs, observed = np.asarray(obs.f_obs, dtype=np.float64), np.asarray(obs.observed)
+    f_calc = np.sqrt(np.maximum(i_calc, 0.0))
+    r = np.zeros(len(i_calc))
+    has_r = observed.any(axis=1)
+    for i in np.nonzero(has_r)[0]:
+        fo, fc = f_obs[i, observed[i]], f_calc[i, observed[i]]
+        c = _l1_scale(fo, fc)
+        r[i] = np.sum(np.abs(fo - c * fc)) / np.sum(fo) if np.sum(fo) > 0 else 0.0
+    return {"R_obs": r, "wR_all": wr, "has_R_obs": has_r, "has_wR_all": has_wr,
+            "N_obs": observed.sum(axis=1), "N_all": np.asarray(obs.mask).sum(axis=1)}
 
 
 @partial(jax.jit, static_argnames="kind")

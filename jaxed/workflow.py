@@ -190,7 +190,9 @@ def _report_dict(summary: dict, experiment: Experiment, thickness: np.ndarray, h
             "history": [h["loss"] for h in history], "residual_definitions": {
                 "wR_all": "reference paper: sqrt(Σ w²(Io−Ic)²/Σ w²Io²), w = (σ(√Io)² + (0.01√Io)²)^-1/2",
                 "wR_all_jana": "Jana |F| form: sqrt(Σ w(|Fo|−|Fc|)²/Σ w|Fo|²), w = 1/(σ(F)² + (0.01F)²)",
-                "R_obs": "Σ|√Io−√Ic|/Σ√Io over Io > 3σ"}, **extra}
+                "R_obs": "Σ|√Io−√Ic|/Σ√Io over Io > 3σ",
+                "*_frame_mean": "mean over frames of the per-frame value, each frame at the scale minimising it "
+                                "(diffBloch's aggregate)"}, **extra}
 
 
 def count_parameters(problem: Refinement) -> int:

@@ -233,3 +233,36 @@ def test_minibatch_and_thickness_sampling(demo):
     assert float(full.loss(full.params0, key)) != pytest.approx(float(full.loss(full.params0)), rel=1e-6)
     _, history = run_refinement(problem, progress=False)
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_d_sg_keeps_exactly_the_reflections_crossed_with_a_margin(demo):
+    """D_Sg (Klar et al. 2023 as diffBloch applies it): a frame keeps a listed reflection only if its Bragg condition
+    is crossed with a margin, Δs_g − |s_g| > D with Δs_g = |g_y|·φ_semi. Checked against the kept set computed
+    independently from the PETS geometry (jaxed.pets: R_x(α)R_y(β)·UB, degrees) on the shipped quartz frames:
+    exactly the same (frame, hkl) pairs; D = 0.0015 drops some of the R_Sg ≤ 0.9 set and D = 10 drops them all."""
+    from jaxed.pets import excitation_errors, frame_rotation
+
+    crystal, atoms, data, _ = demo
+    frames = [0, 5, 10, 15]
+    sub = data.subset_frames(frames)
+    base = dataclasses.replace(SMALL, g_max_refine=1.4, g_max=1.4)
+    kept = {}
+    for d in (None, 0.0015):
+        exp = prepare_experiment(sub, crystal, dataclasses.replace(base, d_sg_min=d))
+        m = np.asarray(exp.refl_mask)
+        kept[d] = {(i, tuple(h)) for i in range(len(frames)) for h in np.asarray(exp.refl_hkl)[i][m[i]]}
+    expected = set()
+    semi = np.deg2rad(np.asarray(sub.precession_angle))
+    for i in range(len(frames)):
+        rows = np.asarray(sub.frame_index) == i
+        hkl = np.asarray(sub.hkl)[rows]
+        g = hkl @ (frame_rotation(sub.alpha[i], sub.beta[i]) @ np.asarray(sub.ub)).T
+        s = excitation_errors(np.asarray(sub.ub), sub.alpha[i], sub.beta[i], hkl, sub.wavelength)
+        width = np.abs(g[:, 1]) * semi[i]
+        ok = ((np.linalg.norm(hkl @ np.asarray(sub.ub).T, axis=1) <= 1.4) & (np.abs(s) <= 0.9 * width)
+              & (width - np.abs(s) > 0.0015) & np.any(hkl != 0, axis=1))
+        expected |= {(i, tuple(h)) for h in hkl[ok]}
+    assert kept[0.0015] == expected
+    assert kept[0.0015] < kept[None] and len(kept[None]) - len(kept[0.0015]) >= 3  # 59 → 56
+    exp = prepare_experiment(sub, crystal, dataclasses.replace(base, d_sg_min=10.0))  # no margin that large
+    assert not np.any(np.asarray(exp.refl_mask))
