@@ -73,6 +73,8 @@ def main() -> None:
                     help="structure file in shared/data/structures (quartz_P3121_enantiomorph.cif: the other hand)")
     ap.add_argument("--d-sg", type=float, default=None,
                     help="reflections used: Δs_g − |s_g| > D [1/Å] (the peer's reference evaluation: 0.0015)")
+    ap.add_argument("--reselect", action="store_true",
+                    help="after the search, select reflections (R_Sg, D_Sg) at the refined orientations")
     ap.add_argument("--orientations", choices=("pets", "reference"), default="pets",
                     help="start from the PETS geometry or from the paper's authors' optimised orientations")
     args = ap.parse_args()
@@ -100,6 +102,8 @@ def main() -> None:
         options = (dict(theta_min_deg=args.theta_min, max_rounds=args.max_rounds)
                    if args.method == "hexagonal" else {})
         corrected = search_orientations(crystal, atoms, exp, bloch, config, args.method, log=log, **options)
+        if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations
+            corrected = prepare_experiment(data, crystal, settings, orientations=corrected.base_orientation)
         problem = Refinement(crystal, atoms, corrected, bloch, config)
     seconds = time.perf_counter() - t0
     after = problem.summary(problem.params0)
@@ -111,7 +115,7 @@ def main() -> None:
     wr_frames = orientation.frame_losses(problem, problem.params0)
     wr_ratio = wr_frames / ref_frame_wr
     keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
-    result = {"method": args.method, "d_sg": args.d_sg, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
+    result = {"method": args.method, "d_sg": args.d_sg, "reselect": args.reselect, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
               "max_rounds": args.max_rounds, "thickness_A": args.thickness, "seconds": seconds,
               "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys},
               "median_correction_deg": float(np.median(mis)),
@@ -130,6 +134,7 @@ def main() -> None:
     suffix += "_reforient" if args.orientations == "reference" else ""
     suffix += "" if args.structure == "quartz_P3221.cif" else "_" + Path(args.structure).stem
     suffix += "" if args.d_sg is None else f"_dsg{args.d_sg:g}"
+    suffix += "_reselect" if args.reselect else ""
     out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -35,7 +35,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 from jaxed import objective  # noqa: E402
-from jaxed.experiment import ExperimentSettings  # noqa: E402
+from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
@@ -121,7 +121,7 @@ def run(args) -> dict:
     log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
+        crystal, atoms, data, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
                                                      frames=args.frames, exp_settings=settings, log=lambda s: None,
                                                      absorption=args.absorption)
     log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams (padded), "
@@ -143,6 +143,9 @@ def run(args) -> dict:
         exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_best),
                                   args.orientation, log=log, **options)
         timing["orientation_s"] = time.perf_counter() - t1
+        if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations, not the file's
+            exp = prepare_experiment(data, crystal, settings, orientations=exp.base_orientation)
+            log(f"reflections reselected at the refined orientations: {int(np.sum(exp.refl_mask))}")
         problem = Refinement(crystal, atoms, exp, bloch, single)
         t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
         scan += scan2
@@ -152,7 +155,7 @@ def run(args) -> dict:
     config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
                           epochs=args.epochs, lr=args.lr, lr_groups=(("thickness", args.lr_thickness),),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
-                          orientation_angles=args.orientation_angles,
+                          orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
                           checkpoint_every=25, seed=args.seed)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     t2 = time.perf_counter()
@@ -168,7 +171,8 @@ def run(args) -> dict:
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
-              "orientation": args.orientation, "joint_tilts": args.joint_tilts,
+              "loss": "rms of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
+              "orientation": args.orientation, "joint_tilts": args.joint_tilts, "reselect": args.reselect,
               "orientation_angles": args.orientation_angles if args.joint_tilts else None,
               "single_thickness_A": t_best, "thickness_scan": scan,
               "before": {k: before[k] for k in keys}, "after_orientation": {k: oriented[k] for k in keys},
@@ -227,6 +231,10 @@ def main() -> None:
     ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
                     help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")
     ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
+    ap.add_argument("--reselect", action="store_true",
+                    help="after the orientation search, select reflections (R_Sg, D_Sg) at the refined orientations")
+    ap.add_argument("--per-frame-mean", action="store_true",
+                    help="minimise the rms over frames of per-frame wR_all (each frame counts equally, as diffBloch)")
     ap.add_argument("--d-sg", type=float, default=None, help="reflections used: Δs_g − |s_g| > D [1/Å] (e.g. 0.0015)")
     ap.add_argument("--orientation", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
     ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")
