@@ -61,7 +61,10 @@ def beam_directions(orientations) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
+    ap.add_argument("--method", default="hexagonal",
+                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead,hexagonal")
+    ap.add_argument("--theta0", type=float, default=0.2, help="hexagonal scan: first step [deg]")
+    ap.add_argument("--nm-step", type=float, default=0.1, help="Nelder–Mead: initial simplex step [deg]")
     ap.add_argument("--samples", type=int, default=42)
     ap.add_argument("--thickness", type=float, default=820.0)
     ap.add_argument("--frames", default=None)
@@ -99,9 +102,12 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.method != "none":
         log = lambda s: print(s, flush=True)  # noqa: E731
-        options = (dict(theta_min_deg=args.theta_min, max_rounds=args.max_rounds)
-                   if args.method == "hexagonal" else {})
-        corrected = search_orientations(crystal, atoms, exp, bloch, config, args.method, log=log, **options)
+        corrected = exp
+        for method in args.method.split(","):  # e.g. nelder-mead,hexagonal: a coarse search, then a fine one
+            options = {"hexagonal": dict(theta0_deg=args.theta0, theta_min_deg=args.theta_min,
+                                         max_rounds=args.max_rounds),
+                       "nelder-mead": dict(initial_step_deg=args.nm_step)}.get(method, {})
+            corrected = search_orientations(crystal, atoms, corrected, bloch, config, method, log=log, **options)
         if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations
             corrected = prepare_experiment(data, crystal, settings, orientations=corrected.base_orientation)
         problem = Refinement(crystal, atoms, corrected, bloch, config)
@@ -115,7 +121,7 @@ def main() -> None:
     wr_frames = orientation.frame_losses(problem, problem.params0)
     wr_ratio = wr_frames / ref_frame_wr
     keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
-    result = {"method": args.method, "d_sg": args.d_sg, "reselect": args.reselect, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
+    result = {"method": args.method, "theta0_deg": args.theta0, "nm_step_deg": args.nm_step, "d_sg": args.d_sg, "reselect": args.reselect, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,
               "max_rounds": args.max_rounds, "thickness_A": args.thickness, "seconds": seconds,
               "before": {k: before[k] for k in keys}, "after": {k: after[k] for k in keys},
               "median_correction_deg": float(np.median(mis)),
@@ -135,7 +141,7 @@ def main() -> None:
     suffix += "" if args.structure == "quartz_P3221.cif" else "_" + Path(args.structure).stem
     suffix += "" if args.d_sg is None else f"_dsg{args.d_sg:g}"
     suffix += "_reselect" if args.reselect else ""
-    out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method}{suffix}.json"
+    out = ROOT / "experiments" / "results" / f"quartz_parity_{args.method.replace(',', '+')}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

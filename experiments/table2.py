@@ -138,10 +138,13 @@ def run(args) -> dict:
         f"N_obs {before['N_obs']} N_all {before['N_all']} ({timing['thickness_scan_s']:.0f} s)")
     if args.orientation != "none":
         t1 = time.perf_counter()
-        options = (dict(theta_min_deg=args.theta_min, max_rounds=args.max_rounds)
-                   if args.orientation == "hexagonal" else {})
-        exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_best),
-                                  args.orientation, log=log, **options)
+        t_orient = args.orientation_thickness or t_best
+        for method in args.orientation.split(","):  # e.g. nelder-mead,hexagonal: a coarse search, then a fine one
+            options = {"hexagonal": dict(theta0_deg=args.theta0, theta_min_deg=args.theta_min,
+                                         max_rounds=args.max_rounds),
+                       "nelder-mead": dict(initial_step_deg=args.nm_step)}.get(method, {})
+            exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_orient),
+                                      method, log=log, **options)
         timing["orientation_s"] = time.perf_counter() - t1
         if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations, not the file's
             exp = prepare_experiment(data, crystal, settings, orientations=exp.base_orientation)
@@ -236,7 +239,12 @@ def main() -> None:
     ap.add_argument("--per-frame-mean", action="store_true",
                     help="minimise the rms over frames of per-frame wR_all (each frame counts equally, as diffBloch)")
     ap.add_argument("--d-sg", type=float, default=None, help="reflections used: Δs_g − |s_g| > D [1/Å] (e.g. 0.0015)")
-    ap.add_argument("--orientation", choices=("hexagonal", "nelder-mead", "gradient", "none"), default="hexagonal")
+    ap.add_argument("--orientation", default="hexagonal",
+                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead,hexagonal")
+    ap.add_argument("--theta0", type=float, default=0.2, help="hexagonal scan: first step [deg]")
+    ap.add_argument("--nm-step", type=float, default=0.1, help="Nelder–Mead: initial simplex step [deg]")
+    ap.add_argument("--orientation-thickness", type=float,
+                    help="thickness [Å] of the orientation search (default: the scan's best single thickness)")
     ap.add_argument("--theta-min", type=float, default=0.025, help="hexagonal scan: smallest step [deg]")
     ap.add_argument("--max-rounds", type=int, default=10, help="hexagonal scan: at most this many rounds")
     ap.add_argument("--joint-tilts", action="store_true", help="also refine two tilts per frame by gradient")
