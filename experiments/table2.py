@@ -35,7 +35,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 from jaxed import objective  # noqa: E402
-from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
+from jaxed.experiment import ExperimentSettings, prepare_experiment, reselect_sample_beams  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
@@ -136,7 +136,15 @@ def run(args) -> dict:
     timing["thickness_scan_s"] = time.perf_counter() - t0
     log(f"single thickness {t_best:.0f} Å: R_obs {before['R_obs']:.4f} wR_all {before['wR_all']:.4f} "
         f"N_obs {before['N_obs']} N_all {before['N_all']} ({timing['thickness_scan_s']:.0f} s)")
-    if args.orientation != "none":
+    if args.orientations_from:  # the scanned orientations of an earlier run with the same frames
+        # reflections stay those selected at the file's orientations (as in the run that saved them)
+        exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=np.load(args.orientations_from)),
+                                    crystal)
+        problem = Refinement(crystal, atoms, exp, bloch, single)
+        t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
+        scan += scan2
+        log(f"orientations from {args.orientations_from}")
+    elif args.orientation != "none":
         t1 = time.perf_counter()
         t_orient = args.orientation_thickness or t_best
         for method in args.orientation.split(","):  # e.g. nelder-mead,hexagonal: a coarse search, then a fine one
@@ -156,7 +164,9 @@ def run(args) -> dict:
     log(f"after orientation ({args.orientation}), t {t_best:.0f} Å: R_obs {oriented['R_obs']:.4f} "
         f"wR_all {oriented['wR_all']:.4f}")
     config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
-                          epochs=args.epochs, lr=args.lr, lr_groups=(("thickness", args.lr_thickness),),
+                          epochs=args.epochs, lr=args.lr,
+                          lr_groups=(("thickness", args.lr_thickness),)
+                          + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation else ()),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
                           orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
                           checkpoint_every=25, seed=args.seed)
@@ -255,6 +265,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
+    ap.add_argument("--lr-orientation", type=float, help="Adam rate of the joint tilts [rad] (default: --lr)")
+    ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")

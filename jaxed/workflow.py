@@ -398,8 +398,9 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
                          dataclasses.replace(config, refine_orientation=False, r_free=0.0))
     before = orientation.frame_losses(problem, problem.params0)
     corrected, _ = searches[method](problem, problem.params0, log=log, **options)
+    corrected = reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations
     after = orientation.frame_losses(problem, problem.params0, corrected)
     mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
     log(f"orientation search ({method}): mean frame wR_all {np.mean(before):.4f} → {np.mean(after):.4f}, "
         f"median correction {np.median(mis):.3f}°")
-    return reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations
+    return corrected

@@ -159,3 +159,22 @@ def test_tilt_corrections_must_have_two_or_three_angles():
     assert tilt_matrices(np.zeros((4, 3))).shape == (4, 3, 3)
     with pytest.raises(JaxedInputError, match=r"expected \(n_frames, 2\) or \(n_frames, 3\)"):
         tilt_matrices(np.zeros((4, 4)))
+
+
+def test_searches_score_trials_with_the_trial_orientations_own_sample_beams():
+    """With per-sample beam sets (each rocking sample holds only the beams it excites), a trial orientation must be
+    scored with the beams selected at *that* orientation: the wR_all a search reports for each frame equals the
+    wR_all of the returned orientation with its beams reselected (1e-10), and the search still recovers the truth.
+    Scored with the starting orientation's beams instead, the two differ by ≈ 1e-2 here (checked)."""
+    from jaxed.experiment import reselect_sample_beams
+
+    crystal, atoms, data, true = _two_frames_and_their_true_angles()
+    settings = dataclasses.replace(SETTINGS, beam_selection="sample", max_beams=24)
+    bloch = BlochSettings(prepare_experiment(data, crystal, settings).energy_kev)
+    synthetic = synthesize(crystal, atoms, true, np.full(2, 600.0), bloch, settings, noise=False)
+    exp = prepare_experiment(dataclasses.replace(synthetic, alpha=data.alpha), crystal, settings)
+    problem = Refinement(crystal, atoms, exp, bloch, RefineConfig(thickness_model="single", thickness_init=600.0))
+    corrected, info = hexagonal_scan(problem, problem.params0)
+    after = frame_losses(problem, problem.params0, reselect_sample_beams(corrected, crystal))
+    np.testing.assert_allclose(after, info["frame_wr_end"], rtol=1e-10, atol=1e-12)
+    assert np.all(after < frame_losses(problem, problem.params0) / 3)
