@@ -34,8 +34,9 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 
-from jaxed import objective  # noqa: E402
-from jaxed.experiment import ExperimentSettings, prepare_experiment, reselect_sample_beams  # noqa: E402
+from jaxed import objective, orientation  # noqa: E402
+from jaxed.experiment import (ExperimentSettings, prepare_experiment, reselect_sample_beams,  # noqa: E402
+                             tilt_matrices)
 from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
@@ -177,6 +178,31 @@ def run(args) -> dict:
                                                                   f"{time.perf_counter() - t2:7.1f} s")
                                      if e % 20 == 0 else None)
     timing["refine_s"] = time.perf_counter() - t2
+    for cycle in range(1, args.cycles):
+        # fold the joint tilts into the frames, re-run the fine hexagonal scan with the *refined* structure and
+        # thickness model, and refine again from where the last cycle ended (a crystallographer's alternation)
+        mid = problem.summary(params)
+        log(f"cycle {cycle}: R_obs {mid['R_obs']:.4f} wR_all {mid['wR_all']:.4f}, frame means "
+            f"{mid['R_obs_frame_mean']:.4f} / {mid['wR_all_frame_mean']:.4f}")
+        if "orientation" in params:
+            base = np.asarray(tilt_matrices(params["orientation"])) @ np.asarray(exp.base_orientation)
+            exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=base), crystal)
+            params = dict(params, orientation=jax.numpy.zeros_like(params["orientation"]))
+        fixed = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(
+            config, refine_orientation=False, lr_groups=tuple(g for g in config.lr_groups if g[0] != "orientation")))
+        corrected, _ = orientation.hexagonal_scan(fixed, {k: v for k, v in params.items() if k != "orientation"},
+                                                  theta0_deg=0.05, theta_min_deg=args.theta_min,
+                                                  max_rounds=args.max_rounds, log=log)
+        exp = reselect_sample_beams(corrected, crystal)
+        problem = Refinement(crystal, atoms, exp, bloch, config)
+        problem.params0 = params  # continue from the refined parameters
+        t3 = time.perf_counter()
+        params, more = run_refinement(problem, RESULTS / f"{tag}.cycle{cycle}.ckpt", progress=False,
+                                      callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
+                                                                   f"{time.perf_counter() - t3:7.1f} s")
+                                      if e % 20 == 0 else None)
+        history += more
+        timing[f"cycle{cycle}_s"] = time.perf_counter() - t3
     final = problem.summary(params)
     thickness = np.asarray(problem.frame_thickness(params))
     theta = np.rad2deg(np.asarray(exp.theta))
@@ -266,6 +292,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-orientation", type=float, help="Adam rate of the joint tilts [rad] (default: --lr)")
+    ap.add_argument("--cycles", type=int, default=1,
+                    help="refinement cycles; each after the first re-scans orientations with the refined model")
     ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag")
