@@ -125,6 +125,10 @@ def run(args) -> dict:
         crystal, atoms, data, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
                                                      frames=args.frames, exp_settings=settings, log=lambda s: None,
                                                      absorption=args.absorption)
+    if args.start == "reference":  # the reference paper's authors' optimised orientations (quartz only)
+        from quartz_parity import reference_orientations
+
+        exp = prepare_experiment(data, crystal, settings, orientations=reference_orientations(data.frame_id)[0])
     log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams (padded), "
         f"{settings.n_samples} samples, absorption {args.absorption}")
     timing = {}
@@ -211,7 +215,8 @@ def run(args) -> dict:
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
               "loss": "rms of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
-              "orientation": args.orientation, "joint_tilts": args.joint_tilts, "reselect": args.reselect,
+              "orientation": args.orientation, "start": args.start, "joint_tilts": args.joint_tilts,
+              "reselect": args.reselect,
               "orientation_angles": args.orientation_angles if args.joint_tilts else None,
               "single_thickness_A": t_best, "thickness_scan": scan,
               "before": {k: before[k] for k in keys}, "after_orientation": {k: oriented[k] for k in keys},
@@ -292,6 +297,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-orientation", type=float, help="Adam rate of the joint tilts [rad] (default: --lr)")
+    ap.add_argument("--start", choices=("pets", "reference"), default="pets",
+                    help="quartz: start from the file's orientations or the reference paper's authors' optimised ones "
+                    "(reflections selected there, as in quartz_parity.py)")
     ap.add_argument("--cycles", type=int, default=1,
                     help="refinement cycles; each after the first re-scans orientations with the refined model")
     ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
