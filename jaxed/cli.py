@@ -97,10 +97,13 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
             p.add_argument("--aniso", choices=("as-given", "all", "none"), default=None,
                            help="ADPs: as in the CIF, all anisotropic, or all isotropic")
-            p.add_argument("--refine-orientation", choices=("none", "gradient", "hexagonal", "nelder-mead"),
+            p.add_argument("--refine-orientation",
+                           choices=("none", "gradient", "hexagonal", "nelder-mead", "nelder-mead+hexagonal"),
                            default=None, help="per-frame orientations: gradient = two tilts refined jointly with "
                            "everything else; hexagonal / nelder-mead = the reference paper's searches with the "
-                           "structure fixed, run first (none)")
+                           "structure fixed, run first; nelder-mead+hexagonal = both in turn (none)")
+            p.add_argument("--nm-step", type=_positive(float), default=None,
+                           help="initial simplex step of the Nelder–Mead search [deg] (0.5)")
             p.add_argument("--orientation-angles", type=int, choices=(2, 3), default=None,
                            help="with --refine-orientation gradient: 2 tilts ⟂ beam (2) or also the rotation about "
                            "the beam (3)")
@@ -310,10 +313,12 @@ def _run_refine(args) -> int:
                           checkpoint_every=int(s["checkpoint_every"]), minibatch=int(s["minibatch"]),
                           thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])})
     crystal, atoms, _, experiment, bloch = _load(args, s)
-    if s["refine_orientation"] in ("hexagonal", "nelder-mead"):
+    if s["refine_orientation"] not in ("none", "gradient"):
         from jaxed.workflow import search_orientations
 
-        experiment = search_orientations(crystal, atoms, experiment, bloch, config, s["refine_orientation"])
+        for method in s["refine_orientation"].split("+"):  # nelder-mead+hexagonal: coarse, then fine
+            options = {"initial_step_deg": s["nm_step"]} if method == "nelder-mead" else {}
+            experiment = search_orientations(crystal, atoms, experiment, bloch, config, method, **options)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     _save_settings(Path(args.out) / "config.toml", args, s)
     try:

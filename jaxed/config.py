@@ -130,7 +130,9 @@ _REFINE = {
                      choices=("as-given", "all", "none")),
     "refine_orientation": Setting(str, "none", "per-frame orientations: gradient = two tilts refined with everything "
                                   "else; hexagonal / nelder-mead = the reference paper's searches, structure fixed, "
-                                  "before the refinement", choices=("none", "gradient", "hexagonal", "nelder-mead")),
+                                  "before the refinement; nelder-mead+hexagonal = a coarse search then a fine one",
+                                  choices=("none", "gradient", "hexagonal", "nelder-mead", "nelder-mead+hexagonal")),
+    "nm_step": _f(0.5, "initial simplex step of the Nelder–Mead orientation search", "deg"),
     "orientation_angles": _i(2, "angles per frame of --refine-orientation gradient: 2 tilts ⟂ beam, or 3 (also the "
                              "rotation about the beam, which moves the rocking axis)", minimum=2, maximum=3),
     "minibatch": _i(0, "frames per Adam step (0: full batch)"),

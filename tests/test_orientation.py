@@ -91,11 +91,12 @@ def test_cli_hexagonal_search_before_refinement(misoriented, tmp_path):
     common = [str(structure), str(path), "--g-max", "1.2", "--g-max-refine", "1.2", "--r-sg", "1000", "--samples", "15",
               "--thickness-model", "single", "--thickness-init", "600", "--epochs", "0", "--no-progress"]
     wr = {}
-    for method in ("none", "hexagonal"):
+    for method in ("none", "hexagonal", "nelder-mead+hexagonal"):
         out = tmp_path / method
-        assert main(["refine", *common, "--refine-orientation", method, "--out", str(out)]) == 0
+        assert main(["refine", *common, "--refine-orientation", method, "--nm-step", "0.2", "--out", str(out)]) == 0
         wr[method] = json.loads((out / "report.json").read_text())["wR_all"]
     assert wr["hexagonal"] < wr["none"] / 3, wr
+    assert wr["nelder-mead+hexagonal"] < wr["none"] / 3, wr  # the chained search (coarse, then fine)
 
 
 def test_given_orientation_matrices_replace_the_pets_geometry():
