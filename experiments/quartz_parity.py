@@ -62,7 +62,8 @@ def beam_directions(orientations) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="hexagonal",
-                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead,hexagonal")
+                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead+hexagonal "
+                    "(',' also joins them)")
     ap.add_argument("--theta0", type=float, default=0.2, help="hexagonal scan: first step [deg]")
     ap.add_argument("--nm-step", type=float, default=0.1, help="Nelder–Mead: initial simplex step [deg]")
     ap.add_argument("--samples", type=int, default=42)
@@ -102,12 +103,9 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.method != "none":
         log = lambda s: print(s, flush=True)  # noqa: E731
-        corrected = exp
-        for method in args.method.split(","):  # e.g. nelder-mead,hexagonal: a coarse search, then a fine one
-            options = {"hexagonal": dict(theta0_deg=args.theta0, theta_min_deg=args.theta_min,
-                                         max_rounds=args.max_rounds),
-                       "nelder-mead": dict(initial_step_deg=args.nm_step)}.get(method, {})
-            corrected = search_orientations(crystal, atoms, corrected, bloch, config, method, log=log, **options)
+        corrected = search_orientations(crystal, atoms, exp, bloch, config, args.method.replace(",", "+"), log=log,
+                                        theta0_deg=args.theta0, theta_min_deg=args.theta_min,
+                                        max_rounds=args.max_rounds, initial_step_deg=args.nm_step)
         if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations
             corrected = prepare_experiment(data, crystal, settings, orientations=corrected.base_orientation)
         problem = Refinement(crystal, atoms, corrected, bloch, config)

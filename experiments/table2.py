@@ -145,23 +145,19 @@ def run(args) -> dict:
         # reflections stay those selected at the file's orientations (as in the run that saved them)
         exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=np.load(args.orientations_from)),
                                     crystal)
-        problem = Refinement(crystal, atoms, exp, bloch, single)
-        t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
-        scan += scan2
         log(f"orientations from {args.orientations_from}")
     elif args.orientation != "none":
         t1 = time.perf_counter()
         t_orient = args.orientation_thickness or t_best
-        for method in args.orientation.split(","):  # e.g. nelder-mead,hexagonal: a coarse search, then a fine one
-            options = {"hexagonal": dict(theta0_deg=args.theta0, theta_min_deg=args.theta_min,
-                                         max_rounds=args.max_rounds),
-                       "nelder-mead": dict(initial_step_deg=args.nm_step)}.get(method, {})
-            exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_orient),
-                                      method, log=log, **options)
+        exp = search_orientations(crystal, atoms, exp, bloch, dataclasses.replace(single, thickness_init=t_orient),
+                                  args.orientation.replace(",", "+"), log=log, theta0_deg=args.theta0,
+                                  theta_min_deg=args.theta_min, max_rounds=args.max_rounds,
+                                  initial_step_deg=args.nm_step)
         timing["orientation_s"] = time.perf_counter() - t1
         if args.reselect:  # R_Sg / D_Sg (and beams) at the refined orientations, not the file's
             exp = prepare_experiment(data, crystal, settings, orientations=exp.base_orientation)
             log(f"reflections reselected at the refined orientations: {int(np.sum(exp.refl_mask))}")
+    if args.orientations_from or args.orientation != "none":  # the thickness again, at the new orientations
         problem = Refinement(crystal, atoms, exp, bloch, single)
         t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
         scan += scan2
@@ -281,7 +277,8 @@ def main() -> None:
                     help="minimise the rms over frames of per-frame wR_all (each frame counts equally, as diffBloch)")
     ap.add_argument("--d-sg", type=float, default=None, help="reflections used: Δs_g − |s_g| > D [1/Å] (e.g. 0.0015)")
     ap.add_argument("--orientation", default="hexagonal",
-                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead,hexagonal")
+                    help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead+hexagonal "
+                    "(',' also joins them)")
     ap.add_argument("--theta0", type=float, default=0.2, help="hexagonal scan: first step [deg]")
     ap.add_argument("--nm-step", type=float, default=0.1, help="Nelder–Mead: initial simplex step [deg]")
     ap.add_argument("--orientation-thickness", type=float,

@@ -316,9 +316,8 @@ def _run_refine(args) -> int:
     if s["refine_orientation"] not in ("none", "gradient"):
         from jaxed.workflow import search_orientations
 
-        for method in s["refine_orientation"].split("+"):  # nelder-mead+hexagonal: coarse, then fine
-            options = {"initial_step_deg": s["nm_step"]} if method == "nelder-mead" else {}
-            experiment = search_orientations(crystal, atoms, experiment, bloch, config, method, **options)
+        experiment = search_orientations(crystal, atoms, experiment, bloch, config, s["refine_orientation"],
+                                         initial_step_deg=s["nm_step"])
     Path(args.out).mkdir(parents=True, exist_ok=True)
     _save_settings(Path(args.out) / "config.toml", args, s)
     try:

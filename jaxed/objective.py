@@ -374,11 +374,9 @@ def frame_values(i_calc: Float[Array, "n_frames n_refl"], obs: Observations) -> 
         {'R_obs', 'wR_all', 'has_R_obs', 'has_wR_all', 'N_obs', 'N_all'}: arrays over frames; ``has_*`` is False
         where the frame has no observed reflection (R_obs) or no observed intensity (wR_all), whose value is 0.
     """
+    wr = np.asarray(wr_all_paper(_scaled(jnp.asarray(i_calc), obs, "paper"), obs, per_frame=True), np.float64)
+    has_wr = np.asarray(jnp.sum(obs.w_paper**2 * obs.i_obs**2, axis=-1)) > 0  # the denominator of wR_all
     i_calc = np.where(np.asarray(obs.mask), np.asarray(i_calc, dtype=np.float64), 0.0)
-    paper = np.asarray(frame_scales(jnp.asarray(i_calc), obs, kind="paper"), dtype=np.float64)[:, None] * i_calc
-    num, den = (np.asarray(x, dtype=np.float64) for x in _sums(jnp.asarray(paper), obs, "paper", -1))
-    has_wr = den > 0
-    wr = np.where(has_wr, np.sqrt(np.maximum(num, 0.0) / np.where(has_wr, den, 1.0)), 0.0)
     f_obs, observed = np.asarray(obs.f_obs, dtype=np.float64), np.asarray(obs.observed)
     f_calc = np.sqrt(np.maximum(i_calc, 0.0))
     r = np.zeros(len(i_calc))

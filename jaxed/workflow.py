@@ -384,23 +384,38 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
                         config: RefineConfig, method: str, log=print, **options) -> Experiment:
     """Per-frame orientation searches run before a refinement, with the starting structure and the starting
     thickness model fixed: the reference paper's 'hexagonal' (two-angle scan, θ halving) and 'nelder-mead' (three
-    angles), or 'gradient' (two tilts by Adam). ``options`` go to the search (e.g. ``max_rounds``).
+    angles), or 'gradient' (two tilts by Adam). Searches chain with '+', each from where the last ended (e.g.
+    'nelder-mead+hexagonal': coarse, then fine). ``options`` go to the searches that take them (e.g. ``max_rounds``
+    to hexagonal, ``initial_step_deg`` to nelder-mead); one that no search takes is an error.
 
-    Returns the experiment with corrected frame orientations.
+    Returns the experiment with corrected frame orientations (per-sample beams selected at them).
     """
+    import inspect
+
     from jaxed import orientation
 
     searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead,
                 "gradient": orientation.gradient_tilts}
-    if method not in searches:
-        raise JaxedInputError(f"refine_orientation '{method}': expected one of {sorted(searches)}")
-    problem = Refinement(crystal, atoms, experiment, bloch,
-                         dataclasses.replace(config, refine_orientation=False, r_free=0.0))
-    before = orientation.frame_losses(problem, problem.params0)
-    corrected, _ = searches[method](problem, problem.params0, log=log, **options)
-    corrected = reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations
-    after = orientation.frame_losses(problem, problem.params0, corrected)
-    mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
-    log(f"orientation search ({method}): mean frame wR_all {np.mean(before):.4f} → {np.mean(after):.4f}, "
-        f"median correction {np.median(mis):.3f}°")
-    return corrected
+    methods = method.split("+")
+    unknown = [m for m in methods if m not in searches]
+    if unknown:
+        raise JaxedInputError(f"refine_orientation '{method}': expected one of {sorted(searches)}, or several "
+                              "joined by '+'")
+    accepted = {m: set(inspect.signature(f).parameters) - {"problem", "params", "log"} for m, f in searches.items()}
+    stray = set(options) - set().union(*accepted.values())
+    if stray:
+        raise JaxedInputError(f"orientation search options {sorted(stray)}: no search takes them")
+    config = dataclasses.replace(config, refine_orientation=False, r_free=0.0)
+    losses = None
+    for m in methods:
+        problem = Refinement(crystal, atoms, experiment, bloch, config)
+        before = orientation.frame_losses(problem, problem.params0) if losses is None else losses
+        corrected, _ = searches[m](problem, problem.params0, log=log,
+                                   **{k: v for k, v in options.items() if k in accepted[m]})
+        corrected = reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations
+        losses = orientation.frame_losses(problem, problem.params0, corrected)
+        mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
+        log(f"orientation search ({m}): mean frame wR_all {np.mean(before):.4f} → {np.mean(losses):.4f}, "
+            f"median correction {np.median(mis):.3f}°")
+        experiment = corrected
+    return experiment

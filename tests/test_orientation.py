@@ -179,3 +179,16 @@ def test_searches_score_trials_with_the_trial_orientations_own_sample_beams():
     after = frame_losses(problem, problem.params0, reselect_sample_beams(corrected, crystal))
     np.testing.assert_allclose(after, info["frame_wr_end"], rtol=1e-10, atol=1e-12)
     assert np.all(after < frame_losses(problem, problem.params0) / 3)
+
+
+def test_search_chain_rejects_unknown_searches_and_options(misoriented):
+    """search_orientations: searches chain with '+'; an unknown search or an option no search takes is a one-line
+    JaxedInputError naming it (a mistyped option must not be dropped silently)."""
+    from jaxed.workflow import search_orientations
+
+    problem, _ = misoriented
+    args = (problem.crystal, problem.atoms(problem.params0), problem.experiment, problem.bloch, problem.config)
+    with pytest.raises(JaxedInputError, match="'nelder-mead\\+hexagnal'"):
+        search_orientations(*args, "nelder-mead+hexagnal", log=lambda s: None)
+    with pytest.raises(JaxedInputError, match=r"\['max_round'\]: no search takes them"):
+        search_orientations(*args, "hexagonal", log=lambda s: None, max_round=3)
