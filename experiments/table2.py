@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from jaxed import objective, orientation  # noqa: E402
 from jaxed.experiment import (ExperimentSettings, prepare_experiment, reselect_sample_beams,  # noqa: E402
                              tilt_matrices)
-from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,8 @@ def run(args) -> dict:
     single = RefineConfig(thickness_model="single", thickness_init=600.0, aniso=args.aniso)
     problem = Refinement(crystal, atoms, exp, bloch, single)
     lo, hi, step = spec["t_grid"]
-    t_best, scan = _scan_thickness(problem, np.arange(lo, hi + 1, step))
+    scan_grid = np.arange(lo, hi + 1, step) if args.thickness is None else np.array([args.thickness])
+    t_best, scan = _scan_thickness(problem, scan_grid) if args.thickness is None else (args.thickness, [])
     before = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
     timing["thickness_scan_s"] = time.perf_counter() - t0
     log(f"single thickness {t_best:.0f} Å: R_obs {before['R_obs']:.4f} wR_all {before['wR_all']:.4f} "
@@ -159,8 +160,9 @@ def run(args) -> dict:
             log(f"reflections reselected at the refined orientations: {int(np.sum(exp.refl_mask))}")
     if args.orientations_from or args.orientation != "none":  # the thickness again, at the new orientations
         problem = Refinement(crystal, atoms, exp, bloch, single)
-        t_best, scan2 = _scan_thickness(problem, np.arange(lo, hi + 1, step))
-        scan += scan2
+        if args.thickness is None:
+            t_best, scan2 = _scan_thickness(problem, scan_grid)
+            scan += scan2
     oriented = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
     log(f"after orientation ({args.orientation}), t {t_best:.0f} Å: R_obs {oriented['R_obs']:.4f} "
         f"wR_all {oriented['wR_all']:.4f}")
@@ -170,8 +172,12 @@ def run(args) -> dict:
                           + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation else ()),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
                           orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
-                          checkpoint_every=25, seed=args.seed)
+                          frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed)
     problem = Refinement(crystal, atoms, exp, bloch, config)
+    if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
+        start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
+        problem.params0 = dict(problem.params0, **start)
+        log(f"structure and thickness model from {args.init_from}")
     t2 = time.perf_counter()
     params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
                                      callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
@@ -210,7 +216,7 @@ def run(args) -> dict:
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
-              "loss": "rms of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
+              "loss": f"{args.frame_loss} of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
               "orientation": args.orientation, "start": args.start, "joint_tilts": args.joint_tilts,
               "reselect": args.reselect,
               "orientation_angles": args.orientation_angles if args.joint_tilts else None,
@@ -275,6 +281,8 @@ def main() -> None:
                     help="after the orientation search, select reflections (R_Sg, D_Sg) at the refined orientations")
     ap.add_argument("--per-frame-mean", action="store_true",
                     help="minimise the rms over frames of per-frame wR_all (each frame counts equally, as diffBloch)")
+    ap.add_argument("--frame-loss", choices=("rms", "mean"), default="rms",
+                    help="with --per-frame-mean: rms of per-frame wR_all, or their mean (the published aggregate)")
     ap.add_argument("--d-sg", type=float, default=None, help="reflections used: Δs_g − |s_g| > D [1/Å] (e.g. 0.0015)")
     ap.add_argument("--orientation", default="hexagonal",
                     help="hexagonal | nelder-mead | gradient | none, or several in turn: nelder-mead+hexagonal "
@@ -299,6 +307,10 @@ def main() -> None:
                     "(reflections selected there, as in quartz_parity.py)")
     ap.add_argument("--cycles", type=int, default=1,
                     help="refinement cycles; each after the first re-scans orientations with the refined model")
+    ap.add_argument("--thickness", type=float,
+                    help="single thickness [Å] for the start and the orientation search: skip the thickness scans")
+    ap.add_argument("--init-from", help="a <tag>.ckpt folder of an earlier run (same sample, frames, model): start "
+                    "from its refined structure and thickness model")
     ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag")

@@ -156,6 +156,8 @@ _REFINE = {
     "residual": Setting(str, "paper", "refined residual: the reference paper's wR_all on I, or Jana's on |F|",
                         choices=("paper", "jana")),
     "per_frame_mean": Setting(bool, False, "minimise the rms of per-frame wR_all (every frame counts equally)"),
+    "frame_loss": Setting(str, "rms", "with per_frame_mean: the rms of per-frame wR_all, or their mean (the published "
+                          "aggregate)", choices=("rms", "mean")),
 }
 
 _SCHEMA = {

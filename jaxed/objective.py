@@ -295,7 +295,7 @@ def residual_vector(i_calc_scaled: Float[Array, "n_frames n_refl"], obs: Observa
 
 
 def loss(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *, kind: str = "paper",
-         per_frame_mean: bool = False) -> Float[Array, ""]:
+         per_frame_mean: bool = False, frame_loss: str = "rms") -> Float[Array, ""]:
     """The refinement objective: wR_all of ``kind`` after closed-form per-frame scaling.
 
     Args:
@@ -307,6 +307,9 @@ def loss(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *, kind: st
             frames of the per-frame wR_all, sqrt(mean_f wR_f²), over the frames with a nonzero denominator; every
             frame then counts equally whatever its intensity, and a minibatch mean is an unbiased estimate of the
             full-batch value (the ratio of sums is not).
+        frame_loss: with ``per_frame_mean``, how the per-frame values combine: 'rms' (above) or 'mean', the
+            arithmetic mean over frames of wR_f — the published aggregate itself (and diffBloch's training loss);
+            the rms weighs the worst frames more.
 
     Returns:
         The loss (a scalar, dimensionless).
@@ -316,10 +319,15 @@ def loss(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *, kind: st
     if not per_frame_mean:
         num, den = _sums(i_scaled, obs, kind, None)
         return _safe_sqrt(_safe_ratio(num, den))
+    if frame_loss not in ("rms", "mean"):
+        from jaxed.errors import JaxedInputError
+
+        raise JaxedInputError(f"frame_loss '{frame_loss}': expected 'rms' or 'mean'")
     num, den = _sums(i_scaled, obs, kind, -1)
-    has = den > 0
-    mean_sq = jnp.sum(_safe_ratio(num, den)) / jnp.maximum(jnp.sum(has), 1)
-    return _safe_sqrt(mean_sq)
+    n_frames = jnp.maximum(jnp.sum(den > 0), 1)
+    if frame_loss == "mean":
+        return jnp.sum(_safe_sqrt(_safe_ratio(num, den))) / n_frames
+    return _safe_sqrt(jnp.sum(_safe_ratio(num, den)) / n_frames)
 
 
 def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params: int = 0, *,

@@ -27,7 +27,7 @@ from jaxed.experiment import Experiment, integrated_intensities, take_frames
 from jaxed.parameters import StructureModel, make_structure_model
 from jaxed.thickness import make_thickness_model
 
-__all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement"]
+__all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params"]
 
 
 def _strong(tree):
@@ -61,6 +61,8 @@ class RefineConfig:
         residual: 'paper' (the reference paper's wR_all) or 'jana' (|F|-based wR_all).
         per_frame_mean: minimise the root mean square of per-frame wR_all (every frame counts equally) instead of
             the wR_all of all reflections together.
+        frame_loss: with per_frame_mean, 'rms' (sqrt of the mean of wR_f²) or 'mean' (the mean of wR_f: the
+            published aggregate, which is what diffBloch minimises).
         minibatch: frames per Adam step, drawn without replacement each step (0: full batch).
         thickness_samples: ThicknessNN reparameterised draws per frame whose intensities are averaged (1: the mean).
         checkpoint_every: steps between checkpoints (0: only at the end).  seed: PRNG seed.
@@ -88,6 +90,7 @@ class RefineConfig:
     refine_occupancy: bool = False
     residual: str = "paper"
     per_frame_mean: bool = False
+    frame_loss: str = "rms"
     minibatch: int = 0
     thickness_samples: int = 1
     frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.batching's memory model
@@ -111,6 +114,8 @@ class RefineConfig:
                                                          or self.per_frame_mean):
             raise JaxedInputError(f"{self.optimizer} needs the full-batch wR_all: no minibatch, thickness_samples "
                                   "or per_frame_mean")
+        if self.frame_loss not in ("rms", "mean"):
+            raise JaxedInputError(f"frame_loss '{self.frame_loss}': expected 'rms' or 'mean'")
         if self.epochs < 0:
             raise JaxedInputError(f"epochs = {self.epochs}: expected ≥ 0")
         if not self.lr > 0:
@@ -217,7 +222,8 @@ class Refinement:
             thickness = self.thickness.apply(params["thickness"], theta)
         i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts,
                                         frames_per_batch=self.frames_per_batch)
-        value = objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean)
+        value = objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean,
+                               frame_loss=config.frame_loss)
         return value, (i_calc if exp is self.experiment and thickness.ndim == 1 else None)
 
     def summary(self, params) -> dict:
@@ -359,10 +365,30 @@ def load_checkpoint(folder: Path, params_template, state_template):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail}); delete it or run without --resume") \
             from None
-    bad = [k for k, v in p.items() if np.issubdtype(v.dtype, np.inexact) and not np.all(np.isfinite(v))]
+    _check_finite(path, p)
+    return _unflatten(params_template, p), _unflatten(state_template, s), history, epoch
+
+
+def _check_finite(path: Path, flat: dict) -> None:
+    bad = [k for k, v in flat.items() if np.issubdtype(v.dtype, np.inexact) and not np.all(np.isfinite(v))]
     if bad:  # (optimiser states may hold ±inf legitimately, e.g. a line search's initial value)
         raise JaxedInputError(f"{path}: non-finite parameter array {bad[0]}; the checkpoint is damaged")
-    return _unflatten(params_template, p), _unflatten(state_template, s), history, epoch
+
+
+def load_params(folder: str | Path, params_template):
+    """The parameters alone of a checkpoint folder (any optimiser), shaped like ``params_template``: to start a new
+    refinement (other optimiser, learning rates or extra parameter groups) from where an earlier one ended.
+
+    A missing, damaged or mismatched checkpoint is a one-line JaxedInputError."""
+    path = Path(folder) / "checkpoint.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
+    except Exception as exc:  # noqa: BLE001 - missing file, zip and npy errors alike: one line for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail})") from None
+    _check_finite(path, p)
+    return _unflatten(params_template, p)
 
 
 # ----------------------------------------------------------------------------------------------------- driver

@@ -19,6 +19,9 @@ N_PARAMS = 3
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+LOSS_MODES = (("", False, "rms"), ("_mean", True, "rms"), ("_fmean", True, "mean"))  # pooled, rms, mean over frames
+
+
 def _quantities(i_calc, obs, with_grads=False):
     """Every output of jaxed.objective for unscaled model intensities, both kinds; optionally the loss gradients."""
     out = {}
@@ -35,13 +38,14 @@ def _quantities(i_calc, obs, with_grads=False):
         out[f"gof_{kind}"] = obj.goodness_of_fit(s, obs, N_PARAMS)
         out[f"resid_{kind}"] = obj.residual_vector(s, obs, kind)
         out[f"resid_norm_{kind}"] = obj.residual_vector(s, obs, kind, normalize=True)
-        for mean in (False, True):
-            name = f"loss_{kind}" + ("_mean" if mean else "")
+        for suffix, mean, frame_loss in LOSS_MODES:
+            name = f"loss_{kind}{suffix}"
             if with_grads:
                 out[name], out[f"grad_{name}"] = jax.value_and_grad(obj.loss)(i_calc, obs, kind=kind,
-                                                                              per_frame_mean=mean)
+                                                                              per_frame_mean=mean,
+                                                                              frame_loss=frame_loss)
             else:
-                out[name] = obj.loss(i_calc, obs, kind=kind, per_frame_mean=mean)
+                out[name] = obj.loss(i_calc, obs, kind=kind, per_frame_mean=mean, frame_loss=frame_loss)
     return out
 
 
@@ -135,6 +139,7 @@ def test_model_proportional_to_observations_gives_zero():
         for name in ("r_obs", "r_all", "wr_paper", "wr_jana", "gof", "loss"):
             assert abs(float(q[f"{name}_{kind}"])) <= 1e-12, name  # exact identity in float64
         assert abs(float(q[f"loss_{kind}_mean"])) <= 1e-12  # exact identity in float64
+        assert abs(float(q[f"loss_{kind}_fmean"])) <= 1e-12  # exact identity in float64
 
 
 # ------------------------------------------------------------------------------ 3. hand-computed example
@@ -234,7 +239,7 @@ def test_no_nan_values_or_gradients():
     weak_only = obj.prepare_observations(np.full(i_obs.shape, -1.0), np.ones(i_obs.shape))
     q = QUANTITIES(jnp.ones(i_obs.shape), weak_only)
     assert _finite_tree(q) and _finite_tree(_grad_of_everything(jnp.ones(i_obs.shape), weak_only))
-    assert all(float(q[f"loss_{kind}{m}"]) == 0.0 for kind in KINDS for m in ("", "_mean"))
+    assert all(float(q[f"loss_{kind}{m}"]) == 0.0 for kind in KINDS for m, _, _ in LOSS_MODES)
 
 
 # ------------------------------------------------------------------------------ 5. gradients
@@ -243,12 +248,13 @@ def test_loss_gradient_matches_finite_differences():
     obs = obj.prepare_observations(i_obs, sigma, mask)
     weights = jnp.arange(1.0, i_obs.shape[0] + 1.0)
 
-    def values(x):  # the four losses, and a weighted sum of each kind's scales (the closed form on its own)
-        return jnp.stack([obj.loss(x, obs, kind=kind, per_frame_mean=mean) for kind in KINDS for mean in (False, True)]
+    def values(x):  # the six losses, and a weighted sum of each kind's scales (the closed form on its own)
+        return jnp.stack([obj.loss(x, obs, kind=kind, per_frame_mean=mean, frame_loss=fl) for kind in KINDS
+                          for _, mean, fl in LOSS_MODES]
                          + [jnp.sum(weights * obj.frame_scales(x, obs, kind=kind)) for kind in KINDS])
 
     x0 = jnp.asarray(i_calc)
-    jac = np.asarray(jax.jit(jax.jacrev(values))(x0))  # (6, n_frames, n_refl)
+    jac = np.asarray(jax.jit(jax.jacrev(values))(x0))  # (8, n_frames, n_refl)
     steps = 1e-4 * i_calc  # relative step 1e-4
     eye = np.eye(i_calc.size).reshape(i_calc.size, *i_calc.shape)
     batched = jax.jit(jax.vmap(values))
@@ -428,6 +434,10 @@ def test_frame_values_equal_brute_force_minima_and_their_means_are_reported():
     s = obj.summary(i_calc, obs)
     np.testing.assert_allclose(s["R_obs_frame_mean"], v["R_obs"].mean(), rtol=1e-12)
     np.testing.assert_allclose(s["wR_all_frame_mean"], v["wR_all"].mean(), rtol=1e-12)
+    # the 'mean' frame loss is exactly the reported aggregate (what the published runs minimise); the rms is above it
+    mean_loss = float(obj.loss(i_calc, obs, per_frame_mean=True, frame_loss="mean"))
+    np.testing.assert_allclose(mean_loss, s["wR_all_frame_mean"], rtol=1e-12)
+    assert float(obj.loss(i_calc, obs, per_frame_mean=True)) > mean_loss * (1 + 1e-3)  # frames differ: rms > mean
     pooled = obj.wr_all_paper(obj.frame_scales(i_calc, obs)[:, None] * jnp.where(obs.mask, i_calc, 0.0), obs)
     np.testing.assert_allclose(s["wR_all"], float(pooled), rtol=1e-12)  # the pooled value is unchanged
     assert list(v["N_all"]) == [12, 12, 9, 12]

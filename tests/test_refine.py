@@ -14,7 +14,8 @@ from jaxed.demo import demo_files
 from jaxed.experiment import ExperimentSettings, prepare_experiment
 from jaxed.metrics import asu_rmsd
 from jaxed.pets import read_pets, write_pets
-from jaxed.refine import RefineConfig, Refinement, RefinementDiverged, load_checkpoint, run_refinement
+from jaxed.refine import (RefineConfig, Refinement, RefinementDiverged, load_checkpoint, load_params,
+                          run_refinement)
 from jaxed.synth import random_start, synthesize, thickness_profile
 
 SMALL = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, r_sg_max=0.9, n_samples=5)
@@ -121,6 +122,33 @@ def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, opti
     assert counts[-1] == 4 if optimizer == "adam" else counts[-1] >= 5
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
+
+
+def test_load_params_starts_a_new_refinement_where_an_earlier_one_ended(demo, tmp_path):
+    # An Adam run's refined structure and ThicknessNN seed a run with another optimiser and an extra parameter group
+    # (joint tilts): the loaded leaves equal the saved ones bit for bit, the new group keeps its own start, and a
+    # checkpoint of another model or a missing one is a one-line JaxedInputError.
+    from jaxed.errors import JaxedInputError
+
+    config = RefineConfig(thickness_model="nn", epochs=2, checkpoint_every=0, lr=5e-3)
+    first = _problem(demo, frames=(0, 12), config=config)
+    done, _ = run_refinement(first, tmp_path / "first", progress=False)
+    second = _problem(demo, frames=(0, 12), config=dataclasses.replace(config, optimizer="lbfgs",
+                                                                       refine_orientation=True))
+    template = {k: v for k, v in second.params0.items() if k != "orientation"}
+    loaded = load_params(tmp_path / "first", template)
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(template))]
+    assert any(moved)  # the first run did change the parameters
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(done)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # exact
+    second.params0 = dict(second.params0, **loaded)
+    assert float(second.loss(second.params0)) == pytest.approx(float(first.loss(done)), rel=1e-12)  # zero tilts
+    with pytest.raises(JaxedInputError, match="arrays, the model needs") as err:
+        load_params(tmp_path / "first", second.params0)  # the tilts are not in the checkpoint
+    assert "\n" not in str(err.value)
+    with pytest.raises(JaxedInputError, match="cannot read the checkpoint"):
+        load_params(tmp_path / "nowhere", template)
 
 
 def test_progress_rows_from_the_steps_own_intensities_equal_a_separate_forward(demo, tmp_path):
