@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from jaxed import objective, orientation  # noqa: E402
 from jaxed.experiment import (ExperimentSettings, prepare_experiment, reselect_sample_beams,  # noqa: E402
                              tilt_matrices)
+from jaxed.errors import JaxedInputError  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
@@ -116,6 +117,7 @@ def run(args) -> dict:
     hand = args.hand or next(iter(spec["structure"]))
     settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=spec["sg_max"],
                                   g_max_refine=args.g_max_refine or spec["g_max_refine"], r_sg_max=spec["r_sg_max"],
+                                  g_min_refine=args.g_min_refine,
                                   n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
                                   beam_selection=args.beams, d_sg_min=args.d_sg)
     tag = args.tag or f"{args.sample}_{hand}"
@@ -175,7 +177,10 @@ def run(args) -> dict:
                           frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
-        start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
+        try:  # its joint tilts too, when it refined them (same frames)
+            start = load_params(args.init_from, problem.params0)
+        except JaxedInputError:
+            start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
         problem.params0 = dict(problem.params0, **start)
         log(f"structure and thickness model from {args.init_from}")
     t2 = time.perf_counter()
@@ -273,6 +278,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="rocking-curve samples per frame")
     ap.add_argument("--g-max", type=float, help="beams in the Bloch matrix [1/Å]")
     ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
+    ap.add_argument("--g-min-refine", type=float, default=0.0,
+                    help="reflections used: |g| ≥ this [1/Å] (a low-resolution cut; 0: none)")
     ap.add_argument("--max-beams", type=int, help="cap on beams per frame (per sample with --beams sample)")
     ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
                     help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")

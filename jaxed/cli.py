@@ -169,6 +169,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--g-max", type=_positive(float), default=None, help="beams in the matrix: |g| ≤ G [1/Å] (1.6)")
     p.add_argument("--sg-max", type=_positive(float), default=None, help="beams in the matrix: |s_g| ≤ S [1/Å] (0.01)")
     p.add_argument("--g-max-refine", type=_positive(float), default=None, help="reflections used: |g| ≤ G [1/Å] (1.4)")
+    p.add_argument("--g-min-refine", type=_positive(float), default=None,
+                   help="reflections used: |g| ≥ G [1/Å], a low-resolution cut (unset: none)")
     p.add_argument("--r-sg", type=_positive(float), default=None, help="reflections used: R_Sg ≤ R (0.9)")
     p.add_argument("--d-sg", type=_positive(float), default=None,
                    help="reflections used: Δs_g − |s_g| > D [1/Å] (Klar et al.'s D_Sg, e.g. 0.0015; unset: none)")
@@ -262,7 +264,7 @@ def _load(args, s):
     from jaxed.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
-                             r_sg_max=s["r_sg"], d_sg_min=s["d_sg"], n_samples=int(s["samples"]),
+                             g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"], n_samples=int(s["samples"]),
                              semi_angle_deg=s["semi_angle"],
                              beam_selection=s["beams"], max_beams=s["max_beams"])
     with warnings.catch_warnings(record=True) as caught:

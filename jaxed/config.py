@@ -100,6 +100,8 @@ _DATA = {
     "g_max": _f(1.6, "beams in the Bloch matrix: |g| ≤ G", "1/Å"),
     "sg_max": _f(0.01, "beams in the Bloch matrix: |s_g| ≤ S at some rocking sample", "1/Å"),
     "g_max_refine": _f(1.4, "reflections used: |g| ≤ G", "1/Å"),
+    "g_min_refine": _f(0.0, "reflections used: |g| ≥ G, a low-resolution cut for reflections in the primary "
+                       "beam's tail (0: none)", "1/Å", open_min=False),
     "r_sg": _f(0.9, "reflections used: R_Sg ≤ R (Bragg condition crossed within the frame)"),
     "d_sg": _f(None, "reflections used: Δs_g − |s_g| > D [1/Å], the Bragg condition crossed with a margin "
                      "(Klar et al. 2023's D_Sg; 0.0015 in the reference runs; unset: no cap)"),

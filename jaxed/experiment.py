@@ -40,6 +40,9 @@ class ExperimentSettings:
         g_max: beams in the Bloch matrix, |g| ≤ g_max [Å⁻¹].
         sg_max: beams in the matrix, |s_g| ≤ sg_max at some rocking sample [Å⁻¹].
         g_max_refine: observed reflections used, |g| ≤ g_max_refine [Å⁻¹].
+        g_min_refine: observed reflections used, |g| ≥ g_min_refine [Å⁻¹] (0: none): the low-resolution cut of
+            SHELX/Jana (SHEL d_max), for reflections so close to the primary beam that its tail enters their
+            integration (CsPbBr₃: the forbidden 00±1 at 0.085 Å⁻¹ measured at the intensity of 004).
         sg_max_refine: observed reflections used, |s_g| ≤ this at the frame centre [Å⁻¹] (None: no cap).
         r_sg_max: observed reflections used, R_Sg ≤ this (None: no cap) (PHYSICS.md §5.2). R_Sg = |s_g|/Δs_g at the
             frame centre, Δs_g the half-range of s_g swept by the frame: |ds_g/dφ|·φ_semi = |g_y|·φ_semi for rotation
@@ -69,6 +72,7 @@ class ExperimentSettings:
     g_max: float = 1.6
     sg_max: float = 0.01
     g_max_refine: float = 1.4
+    g_min_refine: float = 0.0
     sg_max_refine: float | None = None
     r_sg_max: float | None = 0.9
     d_sg_min: float | None = None
@@ -210,7 +214,8 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
         rows = np.nonzero(frame_index == i)[0]
         h_obs = hkl_all[rows]
         g_obs = h_obs @ (base[i] @ recip_s).T
-        keep = np.linalg.norm(h_obs @ ub.T, axis=1) <= settings.g_max_refine
+        g_norm = np.linalg.norm(h_obs @ ub.T, axis=1)
+        keep = (g_norm <= settings.g_max_refine) & (g_norm >= settings.g_min_refine)
         s_centre = np.asarray(excitation_errors(g_obs, k))
         if settings.sg_max_refine is not None:
             keep &= np.abs(s_centre) <= settings.sg_max_refine

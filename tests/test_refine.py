@@ -294,3 +294,22 @@ def test_d_sg_keeps_exactly_the_reflections_crossed_with_a_margin(demo):
     assert kept[0.0015] < kept[None] and len(kept[None]) - len(kept[0.0015]) >= 3  # 59 → 56
     exp = prepare_experiment(sub, crystal, dataclasses.replace(base, d_sg_min=10.0))  # no margin that large
     assert not np.any(np.asarray(exp.refl_mask))
+
+
+def test_g_min_refine_drops_exactly_the_low_angle_reflections(demo):
+    """The low-resolution cut |g| ≥ G_min removes exactly the listed reflections below it (|g| from the file's UB,
+    the same metric as g_max_refine) and nothing else; 0 removes none."""
+    crystal, atoms, data, _ = demo
+    sub = data.subset_frames([0, 5, 10, 15])
+    base = dataclasses.replace(SMALL, g_max_refine=1.4, g_max=1.4)
+
+    def kept(g_min):
+        exp = prepare_experiment(sub, crystal, dataclasses.replace(base, g_min_refine=g_min))
+        m = np.asarray(exp.refl_mask)
+        return {(i, tuple(h)) for i in range(m.shape[0]) for h in np.asarray(exp.refl_hkl)[i][m[i]]}
+
+    everything = kept(0.0)
+    norms = {key: float(np.linalg.norm(np.asarray(sub.ub) @ np.asarray(key[1], float))) for key in everything}
+    cut = float(np.median(list(norms.values())))  # a cut through the middle of the data
+    assert kept(cut) == {key for key, g in norms.items() if g >= cut}
+    assert 0 < len(kept(cut)) < len(everything)

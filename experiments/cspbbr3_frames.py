@@ -1,0 +1,112 @@
+"""Where the CsPbBr₃ misfit sits: per-frame checks of a refined `table2.py` run (results/table2.md, last section).
+
+For the refined structure and ThicknessNN of a run (its checkpoint and searched orientations):
+
+* ``values``: per-frame R_obs and wR_all (each at its own best scale), worst first;
+* ``tilts``: for chosen frames, a grid of tilts θ ∈ {0.1 … 1.0}°, φ every 30° about the searched orientation;
+* ``beams``: chosen frames with larger beam sets (sg_max 0.02 / 0.03, g_max 2.3);
+* ``thickness``: per-frame wR_all over a thickness grid (all frames), and the mean with each frame's best;
+* ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``).
+
+    python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from table2 import RESULTS, SAMPLES, SHARED  # noqa: E402
+
+from jaxed import objective  # noqa: E402
+from jaxed import orientation as ori  # noqa: E402
+from jaxed.errors import JaxedInputError  # noqa: E402
+from jaxed.experiment import ExperimentSettings, reselect_sample_beams  # noqa: E402
+from jaxed.geometry import rotation_x, rotation_z  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
+from jaxed.workflow import load_problem  # noqa: E402
+
+
+def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0):
+    """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
+    spec = SAMPLES["cspbbr3"]
+    settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
+                                  beam_selection="sample", d_sg_min=0.0015, g_min_refine=g_min)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
+                                                     frames=frames, exp_settings=settings, log=lambda s: None)
+    orients = np.load(RESULTS / f"{tag}_orientations.npy")
+    if frames is not None:
+        orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
+    exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=orients), crystal)
+    config = RefineConfig(thickness_model="nn", thickness_init=400.0, thickness_range=(50.0, 3000.0))
+    problem = Refinement(crystal, atoms, exp, bloch, config)
+    try:
+        return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
+    except JaxedInputError:  # a run with joint tilts
+        if frames is not None:
+            raise
+        problem = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(config, refine_orientation=True))
+        return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run without joint tilts")
+    ap.add_argument("--check", nargs="+", default=["values"], choices=("values", "tilts", "beams", "thickness", "gmin"))
+    ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
+    ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
+    args = ap.parse_args()
+    if "gmin" in args.check:
+        for g_min in (0.0, args.g_min):
+            problem, p = _problem(args.tag, None, g_min=g_min)
+            r = problem.summary(p)
+            print(f"|g| ≥ {g_min}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+                  f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
+    if "values" in args.check:
+        problem, p = _problem(args.tag, None)
+        v = objective.frame_values(jax.jit(problem.intensities)(p), problem.obs)
+        theta = np.rad2deg(np.asarray(problem.experiment.theta))
+        for k in np.argsort(-v["R_obs"]):
+            print(f"frame {k + 1:3d}  α {theta[k]:7.2f}  R_obs {v['R_obs'][k]:.4f}  wR_all {v['wR_all'][k]:.4f}  "
+                  f"N_obs {v['N_obs'][k]}  N_all {v['N_all'][k]}")
+        print(f"means: R_obs {v['R_obs'].mean():.4f}  wR_all {v['wR_all'].mean():.4f}")
+    if "tilts" in args.check:
+        problem, p = _problem(args.tag, args.frames)
+        fn, t = ori._make_frame_loss(problem, problem.atoms(p), None), problem.frame_thickness(p)
+        exp = problem.experiment
+        best = np.array(fn(exp, t))
+        print("searched orientation: wR_all", np.round(best, 4))
+        for th in (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
+            for phi in np.deg2rad(np.arange(0, 360, 30)):
+                c = np.asarray(rotation_z(phi) @ rotation_x(np.deg2rad(th)) @ rotation_z(-phi))
+                best = np.minimum(best, np.asarray(fn(ori._moved(problem, exp, np.tile(c, (exp.n_frames, 1, 1))), t)))
+            print(f"best with tilts up to {th}°: wR_all", np.round(best, 4), flush=True)
+    if "beams" in args.check:
+        for sg, gm in ((0.01, 2.0), (0.02, 2.0), (0.03, 2.0), (0.02, 2.3)):
+            problem, p = _problem(args.tag, args.frames, sg, gm)
+            v = objective.frame_values(problem.intensities(p), problem.obs)
+            print(f"sg_max {sg} g_max {gm} ({problem.experiment.matrix_size} beams): R_obs", np.round(v["R_obs"], 4),
+                  "wR_all", np.round(v["wR_all"], 4), flush=True)
+    if "thickness" in args.check:
+        problem, p = _problem(args.tag, None)
+        fn, exp = ori._make_frame_loss(problem, problem.atoms(p), None), problem.experiment
+        grid = np.arange(250, 551, 50)
+        rows = np.stack([np.asarray(fn(exp, np.full(exp.n_frames, float(t)))) for t in grid])
+        print("per-frame best thickness [Å]:", grid[rows.argmin(0)].tolist())
+        print(f"mean wR_all: ThicknessNN {np.asarray(fn(exp, problem.frame_thickness(p))).mean():.4f}, "
+              f"each frame at its best grid thickness {rows.min(0).mean():.4f}")
+
+
+if __name__ == "__main__":
+    main()
