@@ -174,7 +174,8 @@ def run(args) -> dict:
                           + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation else ()),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
                           orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
-                          frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed)
+                          frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed,
+                          frames_per_batch=args.frames_per_batch)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
         try:  # its joint tilts too, when it refined them (same frames)
@@ -278,6 +279,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="rocking-curve samples per frame")
     ap.add_argument("--g-max", type=float, help="beams in the Bloch matrix [1/Å]")
     ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
+    ap.add_argument("--frames-per-batch", type=int, default=0,
+                    help="frames per device step of the refinement (0: jaxed.batching's memory model)")
     ap.add_argument("--g-min-refine", type=float, default=0.0,
                     help="reflections used: |g| ≥ this [1/Å] (a low-resolution cut; 0: none)")
     ap.add_argument("--max-beams", type=int, help="cap on beams per frame (per sample with --beams sample)")
