@@ -6,7 +6,8 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``tilts``: for chosen frames, a grid of tilts θ ∈ {0.1 … 1.0}°, φ every 30° about the searched orientation;
 * ``beams``: chosen frames with larger beam sets (sg_max 0.02 / 0.03, g_max 2.3);
 * ``thickness``: per-frame wR_all over a thickness grid (all frames), and the mean with each frame's best;
-* ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``).
+* ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
+  evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted).
 
     python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
 """
@@ -36,7 +37,7 @@ from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
 
 
-def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0):
+def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0):
     """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
     spec = SAMPLES["cspbbr3"]
     settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
@@ -44,7 +45,8 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
-                                                     frames=frames, exp_settings=settings, log=lambda s: None)
+                                                     frames=frames, exp_settings=settings, log=lambda s: None,
+                                                     absorption=absorption)
     orients = np.load(RESULTS / f"{tag}_orientations.npy")
     if frames is not None:
         orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
@@ -66,10 +68,11 @@ def main() -> None:
     ap.add_argument("--check", nargs="+", default=["values"], choices=("values", "tilts", "beams", "thickness", "gmin"))
     ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
+    ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
     args = ap.parse_args()
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
-            problem, p = _problem(args.tag, None, g_min=g_min)
+            problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption)
             r = problem.summary(p)
             print(f"|g| ≥ {g_min}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
