@@ -64,8 +64,9 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run without joint tilts")
-    ap.add_argument("--check", nargs="+", default=["values"], choices=("values", "tilts", "beams", "thickness", "gmin"))
+    ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
+    ap.add_argument("--check", nargs="+", default=["values"],
+                    choices=("values", "tilts", "beams", "thickness", "gmin"))
     ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
@@ -74,7 +75,8 @@ def main() -> None:
         for g_min in (0.0, args.g_min):
             problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption)
             r = problem.summary(p)
-            print(f"|g| ≥ {g_min}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+            print(f"|g| ≥ {g_min}: frame means R_obs {r['R_obs_frame_mean']:.4f} "
+                  f"wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
     if "values" in args.check:
         problem, p = _problem(args.tag, None)
@@ -92,8 +94,10 @@ def main() -> None:
         print("searched orientation: wR_all", np.round(best, 4))
         for th in (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0):
             for phi in np.deg2rad(np.arange(0, 360, 30)):
-                c = np.asarray(rotation_z(phi) @ rotation_x(np.deg2rad(th)) @ rotation_z(-phi))
-                best = np.minimum(best, np.asarray(fn(ori._moved(problem, exp, np.tile(c, (exp.n_frames, 1, 1))), t)))
+                c = np.tile(np.asarray(rotation_z(phi) @ rotation_x(np.deg2rad(th)) @ rotation_z(-phi)),
+                            (exp.n_frames, 1, 1))
+                trial = reselect_sample_beams(ori.with_corrections(exp, c), problem.crystal)
+                best = np.minimum(best, np.asarray(fn(trial, t)))
             print(f"best with tilts up to {th}°: wR_all", np.round(best, 4), flush=True)
     if "beams" in args.check:
         for sg, gm in ((0.01, 2.0), (0.02, 2.0), (0.03, 2.0), (0.02, 2.3)):

@@ -138,7 +138,7 @@ def run(args) -> dict:
     single = RefineConfig(thickness_model="single", thickness_init=600.0, aniso=args.aniso)
     problem = Refinement(crystal, atoms, exp, bloch, single)
     lo, hi, step = spec["t_grid"]
-    scan_grid = np.arange(lo, hi + 1, step) if args.thickness is None else np.array([args.thickness])
+    scan_grid = np.arange(lo, hi + 1, step)
     t_best, scan = _scan_thickness(problem, scan_grid) if args.thickness is None else (args.thickness, [])
     before = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
     timing["thickness_scan_s"] = time.perf_counter() - t0
@@ -178,7 +178,7 @@ def run(args) -> dict:
                           frames_per_batch=args.frames_per_batch)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
-        try:  # its joint tilts too, when it refined them (same frames)
+        try:  # and from its joint tilts, when it refined them
             start = load_params(args.init_from, problem.params0)
         except JaxedInputError:
             start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})

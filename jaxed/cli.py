@@ -264,8 +264,8 @@ def _load(args, s):
     from jaxed.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
-                             g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"], n_samples=int(s["samples"]),
-                             semi_angle_deg=s["semi_angle"],
+                             g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"],
+                             n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
                              beam_selection=s["beams"], max_beams=s["max_beams"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -349,22 +349,32 @@ def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> N
     tmp_json.replace(folder / "checkpoint.json")
 
 
+def _read_checkpoint(folder: str | Path, read, hint: str = ""):
+    """(path, read(npz)) of ``folder/checkpoint.npz``; any zip, npy, JSON or key error is one JaxedInputError line
+    (with ``hint`` appended); nothing is unpickled."""
+    path = Path(folder) / "checkpoint.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return path, read(data)
+    except Exception as exc:  # noqa: BLE001 - zip, npy, JSON and key errors alike: one line for the user
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail}){hint}") from None
+
+
+def _prefixed(data, prefix: str) -> dict:
+    return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+
+
 def load_checkpoint(folder: Path, params_template, state_template):
     """Inverse of :func:`save_checkpoint`: (params, state, history, epoch).
 
     A damaged or foreign checkpoint is a one-line JaxedInputError; nothing is unpickled."""
-    path = folder / "checkpoint.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
-            s = {k[2:]: data[k] for k in data.files if k.startswith("s_")}
-            meta_text = str(data["meta"]) if "meta" in data.files else (folder / "checkpoint.json").read_text()
+    def read(data):
+        meta_text = str(data["meta"]) if "meta" in data.files else (Path(folder) / "checkpoint.json").read_text()
         meta = json.loads(meta_text)
-        history, epoch = list(meta["history"]), int(meta["epoch"])
-    except Exception as exc:  # noqa: BLE001 - zip, npy, JSON and key errors alike: one line for the user
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail}); delete it or run without --resume") \
-            from None
+        return _prefixed(data, "p_"), _prefixed(data, "s_"), list(meta["history"]), int(meta["epoch"])
+
+    path, (p, s, history, epoch) = _read_checkpoint(folder, read, "; delete it or run without --resume")
     _check_finite(path, p)
     return _unflatten(params_template, p), _unflatten(state_template, s), history, epoch
 
@@ -380,13 +390,7 @@ def load_params(folder: str | Path, params_template):
     refinement (other optimiser, learning rates or extra parameter groups) from where an earlier one ended.
 
     A missing, damaged or mismatched checkpoint is a one-line JaxedInputError."""
-    path = Path(folder) / "checkpoint.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            p = {k[2:]: data[k] for k in data.files if k.startswith("p_")}
-    except Exception as exc:  # noqa: BLE001 - missing file, zip and npy errors alike: one line for the user
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise JaxedInputError(f"{path}: cannot read the checkpoint ({detail})") from None
+    path, p = _read_checkpoint(folder, lambda data: _prefixed(data, "p_"))
     _check_finite(path, p)
     return _unflatten(params_template, p)
 
