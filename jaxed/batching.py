@@ -14,7 +14,11 @@ Daleckii–Krein divided differences Φ (n_t N²) and the N×N temporaries of th
 frame's int32 coupling table and the gathered U_{g−h} (shared by the frame's samples). :func:`bytes_per_frame` is
 that count. XLA's own ``memory_analysis`` of the compiled computation measured 4.1–4.5 (gradient) and 2.0 (forward)
 N×N complex arrays per sample for N = 24–72, so the model has a ≈ 1.4× margin (tests/test_memory.py checks that it
-neither under- nor over-estimates by more than 3×).
+neither under- nor over-estimates by more than 3×). With absorption (first order, PHYSICS.md §4.5) each sample also
+holds B_a, W = Cᴴ B_a C, the complex eigenvalues' exponentials and their cotangents: measured 16–19 (gradient) and
+5.0 (forward) N×N complex arrays per sample for N = 16–56, modelled as :data:`ABSORPTION_MATRICES_PER_SAMPLE` and
+:data:`ABSORPTION_FORWARD_MATRICES` (without this term the automatic chunk size of a CsPbBr₃ absorption refinement
+asked for 30 GB on a 23 GB host).
 :func:`frames_per_batch` turns it into the number of frames one device step can hold, and raises a one-line
 :class:`JaxedInputError` saying how much is needed when not even one frame fits.
 """
@@ -34,6 +38,9 @@ __all__ = ["blas_threads", "with_blas_threads", "bytes_per_frame", "available_me
 
 #: N×N complex arrays alive per rocking sample in forward + gradient (besides 2 n_t for thickness-dependent terms).
 MATRICES_PER_SAMPLE = 4
+#: The same with absorption (gradient, forward alone), besides the 2 n_t (n_t) thickness-dependent terms.
+ABSORPTION_MATRICES_PER_SAMPLE = 22
+ABSORPTION_FORWARD_MATRICES = 6
 #: Share of the device memory the forward/gradient working set may use (the rest: XLA buffers, params, data).
 MEMORY_FRACTION = 0.6
 
@@ -74,16 +81,20 @@ def frame_devices(experiment) -> int:
 
 
 def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradient: bool = True,
-                    complex_bytes: int = 16) -> int:
+                    complex_bytes: int = 16, absorption: bool = False) -> int:
     """Working-set estimate of one frame [bytes]: all its rocking samples, forward (+ reverse-mode gradient).
 
     Args:
         n_beams: padded beams N of the frame's Bloch matrix.  n_samples: rocking-curve samples.
         n_thickness: thicknesses per sample (ThicknessNN draws).  gradient: forward + gradient (else forward only).
-        complex_bytes: 16 for complex128, 8 for complex64.
+        complex_bytes: 16 for complex128, 8 for complex64.  absorption: the model has absorption (κ > 0).
     """
     n2 = n_beams * n_beams
-    per_sample = (MATRICES_PER_SAMPLE + 2 * n_thickness) if gradient else (2 + n_thickness)
+    if absorption:
+        per_sample = (ABSORPTION_MATRICES_PER_SAMPLE if gradient else ABSORPTION_FORWARD_MATRICES) + (
+            2 * n_thickness if gradient else n_thickness)
+    else:
+        per_sample = (MATRICES_PER_SAMPLE + 2 * n_thickness) if gradient else (2 + n_thickness)
     shared = 4 * n2 + 2 * complex_bytes * n2  # int32 coupling + U_{g−h} (and its cotangent)
     return int(n_samples * per_sample * complex_bytes * n2 + shared)
 
@@ -110,13 +121,14 @@ def available_memory(device: jax.Device | None = None) -> int:
 
 def frames_per_batch(n_frames: int, n_beams: int, n_samples: int, n_thickness: int = 1, *,
                      memory_bytes: int | None = None, gradient: bool = True, complex_bytes: int = 16,
-                     n_devices: int = 1) -> int:
+                     n_devices: int = 1, absorption: bool = False) -> int:
     """How many frames one device step evaluates at once (``lax.map`` runs the chunks one after the other).
 
     Args:
         n_frames: frames per device (after sharding).  memory_bytes: memory of one device [bytes] (default:
             :func:`available_memory`); :data:`MEMORY_FRACTION` of it is used.
         n_devices: devices sharing the frames (each holds ⌈n_frames / n_devices⌉).
+        absorption: the model has absorption (a larger working set per sample, :func:`bytes_per_frame`).
 
     Returns:
         ``n_frames`` when every device's share fits (one vmapped call, no chunking), else the frames per chunk
@@ -126,11 +138,12 @@ def frames_per_batch(n_frames: int, n_beams: int, n_samples: int, n_thickness: i
     """
     memory_bytes = available_memory() if memory_bytes is None else int(memory_bytes)
     budget = MEMORY_FRACTION * memory_bytes
-    need = bytes_per_frame(n_beams, n_samples, n_thickness, gradient=gradient, complex_bytes=complex_bytes)
+    need = bytes_per_frame(n_beams, n_samples, n_thickness, gradient=gradient, complex_bytes=complex_bytes,
+                           absorption=absorption)
     if need > budget:
         raise JaxedInputError(
             f"one frame needs ≈ {need / 1024**3:.1f} GiB ({n_beams} beams × {n_samples} samples"
-            f"{' with gradient' if gradient else ''}) but {budget / 1024**3:.1f} GiB of the device's "
+            f"{' with gradient' if gradient else ''}{' and absorption' if absorption else ''}) but {budget / 1024**3:.1f} GiB of the device's "
             f"{memory_bytes / 1024**3:.1f} GiB is usable: lower sg_max/g_max (fewer beams) or n_samples")
     per_device = math.ceil(n_frames / max(n_devices, 1))
     fit = int(budget // need)

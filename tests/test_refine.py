@@ -96,7 +96,7 @@ def test_no_nan_with_an_all_weak_frame(demo):
     exp = problem.experiment
     weak = dataclasses.replace(exp, i_obs=np.asarray(exp.i_obs) * np.array([[0.0], [1.0], [1.0]]) - 1.0)
     problem = Refinement(problem.crystal, demo[1], weak, problem.bloch, problem.config)
-    value, grads = jax.value_and_grad(problem.loss)(problem.params0)
+    value, grads = jax.jit(jax.value_and_grad(problem.loss))(problem.params0)
     assert np.isfinite(float(value))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
 
@@ -253,7 +253,7 @@ def test_minibatch_and_thickness_sampling(demo):
     singles = [float(_problem(demo, frames=(f,), config=dataclasses.replace(config, minibatch=0, thickness_samples=1))
                      .loss(mb_only.params0)) for f in (0, 8, 16)]
     assert min(abs(value - v) for v in singles) < 1e-12
-    sampled, grads = jax.value_and_grad(problem.loss)(problem.params0, key)
+    sampled, grads = jax.jit(jax.value_and_grad(problem.loss))(problem.params0, key)
     assert np.isfinite(float(sampled)) and all(np.all(np.isfinite(np.asarray(g)))
                                                for g in jax.tree_util.tree_leaves(grads))
     full = Refinement(problem.crystal, demo[1], problem.experiment, problem.bloch,
