@@ -175,7 +175,7 @@ def run(args) -> dict:
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
                           orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
                           frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed,
-                          frames_per_batch=args.frames_per_batch)
+                          frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
         try:  # and from its joint tilts, when it refined them
@@ -311,6 +311,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
+    ap.add_argument("--lr-warmup", type=int, default=0,
+                    help="Adam steps over which the rates ramp up linearly (for --init-from continuations)")
     ap.add_argument("--lr-orientation", type=float, help="Adam rate of the joint tilts [rad] (default: --lr)")
     ap.add_argument("--start", choices=("pets", "reference"), default="pets",
                     help="quartz: start from the file's orientations or the reference paper's authors' optimised ones "

@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--thickness-samples", type=int, default=None,
                            help="ThicknessNN reparameterised draws per frame, intensities averaged (1)")
             p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None, help="learning-rate schedule")
+            p.add_argument("--lr-warmup", type=int, default=None,
+                           help="steps over which the learning rates ramp up linearly (0); for runs that start from "
+                           "a refined model")
             p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (10)")
             p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
             p.add_argument("--no-progress", action="store_true", help="no progress bar")

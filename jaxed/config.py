@@ -141,6 +141,8 @@ _REFINE = {
     "thickness_samples": _i(1, "ThicknessNN reparameterised draws per frame, intensities averaged", minimum=1),
     "lr_schedule": Setting(str, "constant", "learning-rate schedule (cosine: decay to 5 % over the epochs)",
                            choices=("constant", "cosine")),
+    "lr_warmup": _i(0, "steps over which the learning rates ramp up linearly (0: none; for runs that start from "
+                    "a refined model)", minimum=0),
     "checkpoint_every": _i(10, "steps between checkpoints (0: only at the end)"),
     "r_free": _f(0.0, "fraction of the reflections (or frames) held out of the refinement for R_free (0: none)",
                  open_min=False, maximum=0.5),

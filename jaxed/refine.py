@@ -54,6 +54,9 @@ class RefineConfig:
         lr_groups: per-group learning rates, e.g. (("thickness", 0.02),); 0 freezes a group.
         lr_schedule: 'constant' or 'cosine' (cosine decay to 5 % of each rate over ``epochs``; damps Adam's
             end-of-run oscillations).
+        lr_warmup: steps over which every rate ramps up linearly from 1/lr_warmup of itself (0: none). Adam's first
+            steps move every parameter by about its full rate whatever the gradient's size; a run that starts from
+            a refined model (``load_params``) otherwise climbs above its start before it descends again.
         refine_orientation: per-frame tilt corrections (two angles ⟂ beam) refined by gradient.
         orientation_angles: 2 (the tilts ⟂ beam) or 3 (also the rotation about the beam, which moves the rocking
             axis relative to the crystal and so changes the rocking-curve integration; PETS.md β errors).
@@ -84,6 +87,7 @@ class RefineConfig:
     lr: float = 1e-3
     lr_groups: tuple = ()
     lr_schedule: str = "constant"
+    lr_warmup: int = 0
     refine_orientation: bool = False
     orientation_angles: int = 2
     aniso: str = "as-given"
@@ -127,6 +131,8 @@ class RefineConfig:
                                   "expected minibatch ≥ 0 and thickness_samples ≥ 1")
         if self.lr_schedule not in ("constant", "cosine"):
             raise JaxedInputError(f"lr_schedule '{self.lr_schedule}': expected constant or cosine")
+        if self.lr_warmup < 0:
+            raise JaxedInputError(f"lr_warmup = {self.lr_warmup}: expected ≥ 0 steps")
 
 
 def _thickness_options(config: RefineConfig) -> dict:
@@ -265,9 +271,13 @@ class Refinement:
         if unknown:
             raise JaxedInputError(f"lr_groups: unknown parameter groups {sorted(unknown)} (have {sorted(self.params0)})")
         def rate(value):
+            schedule = optax.constant_schedule(value)
             if self.config.lr_schedule == "cosine":
-                return optax.cosine_decay_schedule(value, max(self.config.epochs, 1), alpha=0.05)
-            return value
+                schedule = optax.cosine_decay_schedule(value, max(self.config.epochs, 1), alpha=0.05)
+            warmup = self.config.lr_warmup
+            if warmup > 0:  # step k (from 0) at (k + 1) / warmup of the schedule's rate, then the schedule itself
+                return lambda step, s=schedule: s(step) * jnp.minimum(1.0, (step + 1.0) / warmup)
+            return schedule if self.config.lr_schedule == "cosine" else value
 
         transforms = {g: (optax.set_to_zero() if rates.get(g, self.config.lr) == 0 else
                           optax.adam(rate(rates.get(g, self.config.lr)))) for g in self.params0}

@@ -101,6 +101,32 @@ def test_no_nan_with_an_all_weak_frame(demo):
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
 
 
+def test_lr_warmup_scales_the_first_adam_steps(demo):
+    # Adam's first update is −lr·g/(|g| + ε) per coordinate, ≈ the full rate for every coordinate with a gradient,
+    # however small the gradient: what makes a run restarted from a refined model climb. With lr_warmup = W, step k
+    # (from 0) runs at (k + 1)/W of the rate: the first update is exactly 1/W of the unwarmed one (rtol 1e-12) in
+    # every group (structure at lr, ThicknessNN at its own rate); lr_warmup = 1 is no warmup (bit for bit); a negative
+    # warmup is a one-line error.
+    def first_update(warmup):
+        config = RefineConfig(thickness_model="nn", lr=2e-3, lr_groups=(("thickness", 2e-2),), lr_warmup=warmup,
+                              lr_schedule="cosine", epochs=10)
+        problem = _problem(demo, frames=(0, 12), config=config)
+        p1, *_ = problem.make_step()(problem.params0, problem.init_state(), jax.random.PRNGKey(0))
+        return jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b), p1, problem.params0)
+
+    plain, warm, one = first_update(0), first_update(4), first_update(1)
+    for group, rate in (("structure", 2e-3), ("thickness", 2e-2)):
+        for a, b, c in zip(*(jax.tree_util.tree_leaves(u[group]) for u in (plain, warm, one))):
+            np.testing.assert_allclose(b, a / 4, rtol=1e-12, atol=0)
+            np.testing.assert_array_equal(c, a)
+        steps = [np.max(np.abs(a)) for a in jax.tree_util.tree_leaves(plain[group]) if a.size]
+        assert max(steps) == pytest.approx(rate, rel=1e-3)
+    from jaxed.errors import JaxedInputError
+
+    with pytest.raises(JaxedInputError, match="lr_warmup = -1"):
+        RefineConfig(lr_warmup=-1)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, optimizer):
     config = RefineConfig(thickness_model="nn", epochs=4, checkpoint_every=2, optimizer=optimizer, lr=2e-3)
