@@ -7,7 +7,9 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``beams``: chosen frames with larger beam sets (sg_max 0.02 / 0.03, g_max 2.3);
 * ``thickness``: per-frame wR_all over a thickness grid (all frames), and the mean with each frame's best;
 * ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
-  evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted).
+  evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
+* ``kappa``: the run's model (reflections above ``--g-min``) evaluated at each absorption κ of ``--kappas``, not
+  refitted: how much a different proportional absorption would change the fit.
 
     python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
 """
@@ -66,11 +68,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
-                    choices=("values", "tilts", "beams", "thickness", "gmin"))
+                    choices=("values", "tilts", "beams", "thickness", "gmin", "kappa"))
     ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
+    ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
     args = ap.parse_args()
+    if "kappa" in args.check:
+        for kappa in (float(k) for k in args.kappas.split(",")):
+            problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=kappa)
+            r = problem.summary(p)
+            print(f"κ = {kappa}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+                  f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
             problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption)
