@@ -143,7 +143,8 @@ def frames_per_batch(n_frames: int, n_beams: int, n_samples: int, n_thickness: i
     if need > budget:
         raise JaxedInputError(
             f"one frame needs ≈ {need / 1024**3:.1f} GiB ({n_beams} beams × {n_samples} samples"
-            f"{' with gradient' if gradient else ''}{' and absorption' if absorption else ''}) but {budget / 1024**3:.1f} GiB of the device's "
+            f"{' with gradient' if gradient else ''}{' and absorption' if absorption else ''}) but "
+            f"{budget / 1024**3:.1f} GiB of the device's "
             f"{memory_bytes / 1024**3:.1f} GiB is usable: lower sg_max/g_max (fewer beams) or n_samples")
     per_device = math.ceil(n_frames / max(n_devices, 1))
     fit = int(budget // need)

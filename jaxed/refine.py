@@ -54,7 +54,7 @@ class RefineConfig:
         lr_groups: per-group learning rates, e.g. (("thickness", 0.02),); 0 freezes a group.
         lr_schedule: 'constant' or 'cosine' (cosine decay to 5 % of each rate over ``epochs``; damps Adam's
             end-of-run oscillations).
-        lr_warmup: steps over which every rate ramps up linearly from 1/lr_warmup of itself (0: none). Adam's first
+        lr_warmup: Adam steps over which every rate ramps up linearly from 1/lr_warmup of itself (0: none). Its first
             steps move every parameter by about its full rate whatever the gradient's size; a run that starts from
             a refined model (``load_params``) otherwise climbs above its start before it descends again.
         refine_orientation: per-frame tilt corrections (two angles ⟂ beam) refined by gradient.
