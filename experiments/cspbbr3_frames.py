@@ -89,7 +89,7 @@ def main() -> None:
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
     if "values" in args.check:
         problem, p = _problem(args.tag, None)
-        v = objective.frame_values(jax.jit(problem.intensities)(p), problem.obs)
+        v = objective.frame_values(problem.intensities(p), problem.obs)
         theta = np.rad2deg(np.asarray(problem.experiment.theta))
         for k in np.argsort(-v["R_obs"]):
             print(f"frame {k + 1:3d}  α {theta[k]:7.2f}  R_obs {v['R_obs'][k]:.4f}  wR_all {v['wR_all'][k]:.4f}  "

@@ -72,7 +72,7 @@ SAMPLES = {
 def _scan_thickness(problem: Refinement, grid) -> tuple[float, list]:
     """wR_all of one thickness for all frames on a grid (structure and orientations fixed); a best value on the edge
     of the grid is not a minimum, so the scan then walks outwards (within 50–3000 Å) until it is one."""
-    intens = jax.jit(problem.intensities)
+    intens = problem.intensities
 
     def row(t):
         p = dict(problem.params0, thickness={"log_t0": jax.numpy.log(jax.numpy.asarray(float(t)))})

@@ -90,11 +90,10 @@ def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradi
         complex_bytes: 16 for complex128, 8 for complex64.  absorption: the model has absorption (κ > 0).
     """
     n2 = n_beams * n_beams
-    if absorption:
-        per_sample = (ABSORPTION_MATRICES_PER_SAMPLE if gradient else ABSORPTION_FORWARD_MATRICES) + (
-            2 * n_thickness if gradient else n_thickness)
+    if gradient:
+        per_sample = (ABSORPTION_MATRICES_PER_SAMPLE if absorption else MATRICES_PER_SAMPLE) + 2 * n_thickness
     else:
-        per_sample = (MATRICES_PER_SAMPLE + 2 * n_thickness) if gradient else (2 + n_thickness)
+        per_sample = (ABSORPTION_FORWARD_MATRICES if absorption else 2) + n_thickness
     shared = 4 * n2 + 2 * complex_bytes * n2  # int32 coupling + U_{g−h} (and its cotangent)
     return int(n_samples * per_sample * complex_bytes * n2 + shared)
 

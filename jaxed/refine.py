@@ -187,6 +187,7 @@ class Refinement:
             experiment.n_frames, experiment.matrix_size, int(np.shape(experiment.sample_rotations)[1]),
             config.thickness_samples, complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
             n_devices=batching.frame_devices(experiment), absorption=bloch.absorption > 0)
+        self._intensities_jit = jax.jit(self._intensities)  # traced on first use
 
     # ----------------------------------------------------------------------------------------------- model
     def atoms(self, params) -> AtomParams:
@@ -199,8 +200,6 @@ class Refinement:
     def intensities(self, params) -> jax.Array:
         """Unscaled calculated intensities, (n_frames, n_refl): one compiled program (op-by-op dispatch of the vmapped
         forward compiled hundreds of small programs, ≈ 3× slower for a one-off evaluation)."""
-        if "_intensities_jit" not in self.__dict__:
-            self._intensities_jit = jax.jit(self._intensities)
         return self._intensities_jit(params)
 
     def _intensities(self, params) -> jax.Array:
@@ -271,13 +270,13 @@ class Refinement:
         if unknown:
             raise JaxedInputError(f"lr_groups: unknown parameter groups {sorted(unknown)} (have {sorted(self.params0)})")
         def rate(value):
-            schedule = optax.constant_schedule(value)
             if self.config.lr_schedule == "cosine":
-                schedule = optax.cosine_decay_schedule(value, max(self.config.epochs, 1), alpha=0.05)
+                value = optax.cosine_decay_schedule(value, max(self.config.epochs, 1), alpha=0.05)
             warmup = self.config.lr_warmup
-            if warmup > 0:  # step k (from 0) at (k + 1) / warmup of the schedule's rate, then the schedule itself
-                return lambda step, s=schedule: s(step) * jnp.minimum(1.0, (step + 1.0) / warmup)
-            return schedule if self.config.lr_schedule == "cosine" else value
+            if warmup > 0:  # step k (from 0) at (k + 1) / warmup of the scheduled rate, then the schedule itself
+                scheduled = value if callable(value) else optax.constant_schedule(value)
+                return lambda step: scheduled(step) * jnp.minimum(1.0, (step + 1.0) / warmup)
+            return value
 
         transforms = {g: (optax.set_to_zero() if rates.get(g, self.config.lr) == 0 else
                           optax.adam(rate(rates.get(g, self.config.lr)))) for g in self.params0}

@@ -335,7 +335,7 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     problem = Refinement(crystal, atoms, experiment, bloch, config)
-    intensities = jax.jit(problem.intensities)
+    intensities = problem.intensities
     n_params = count_parameters(problem)
     epochs_file = out / "epochs.jsonl"
     if not resume and epochs_file.exists():

@@ -35,11 +35,16 @@ def demo():
     return crystal, atoms, data
 
 
+def _forward(atoms, crystal, exp, thickness):
+    """Intensities of every frame at one thickness, as one compiled program."""
+    fwd = jax.jit(lambda a, t: integrated_intensities(a, crystal, exp, t, BlochSettings(exp.energy_kev)))
+    return np.asarray(fwd(atoms, jnp.full(exp.n_frames, thickness)))
+
+
 def _intensities(demo, settings, thickness=THICKNESS):
     crystal, atoms, data = demo
     exp = prepare_experiment(data, crystal, settings)
-    fwd = jax.jit(lambda a, t: integrated_intensities(a, crystal, exp, t, BlochSettings(exp.energy_kev)))
-    return exp, np.asarray(fwd(atoms, jnp.full(exp.n_frames, thickness)))
+    return exp, _forward(atoms, crystal, exp, thickness)
 
 
 def test_every_sample_holding_every_beam_is_the_frame_model(demo):
@@ -129,9 +134,7 @@ def test_take_frames_keeps_the_sample_sets(demo):
     crystal, atoms, _ = demo
     exp, full = _intensities(demo, dataclasses.replace(BASE, g_max=0.8, g_max_refine=0.8))
     one = take_frames(exp, [2])
-    i = jax.jit(lambda a, t: integrated_intensities(a, crystal, one, t, BlochSettings(exp.energy_kev)))(
-        atoms, jnp.full(1, THICKNESS))
-    np.testing.assert_allclose(np.asarray(i)[0], full[2], rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(_forward(atoms, crystal, one, THICKNESS)[0], full[2], rtol=1e-13, atol=1e-16)
 
 
 def test_per_sample_gradient_matches_finite_differences(demo):
