@@ -9,7 +9,8 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
   evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
 * ``kappa``: the run's model (reflections above ``--g-min``) evaluated at each absorption κ of ``--kappas``, not
-  refitted: how much a different proportional absorption would change the fit.
+  refitted: how much a different proportional absorption would change the fit; with ``--thermal-absorption`` the
+  Einstein-model TDS absorptive potential is added (κ = 0: TDS alone).
 
     python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
 """
@@ -39,7 +40,7 @@ from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
 
 
-def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0):
+def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
     """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
     spec = SAMPLES["cspbbr3"]
     settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
@@ -48,7 +49,7 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
         warnings.simplefilter("ignore")
         crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
                                                      frames=frames, exp_settings=settings, log=lambda s: None,
-                                                     absorption=absorption)
+                                                     absorption=absorption, thermal_absorption=thermal)
     orients = np.load(RESULTS / f"{tag}_orientations.npy")
     if frames is not None:
         orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
@@ -73,16 +74,19 @@ def main() -> None:
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
     ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
+    ap.add_argument("--thermal-absorption", action="store_true",
+                    help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.absorption)")
     args = ap.parse_args()
     if "kappa" in args.check:
         for kappa in (float(k) for k in args.kappas.split(",")):
-            problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=kappa)
+            problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=kappa, thermal=args.thermal_absorption)
             r = problem.summary(p)
-            print(f"κ = {kappa}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+            print(f"κ = {kappa}{' + TDS' if args.thermal_absorption else ''}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
-            problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption)
+            problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption,
+                                  thermal=args.thermal_absorption)
             r = problem.summary(p)
             print(f"|g| ≥ {g_min}: frame means R_obs {r['R_obs_frame_mean']:.4f} "
                   f"wR_all {r['wR_all_frame_mean']:.4f}; "

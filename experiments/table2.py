@@ -126,13 +126,15 @@ def run(args) -> dict:
         warnings.simplefilter("ignore")
         crystal, atoms, data, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
                                                      frames=args.frames, exp_settings=settings, log=lambda s: None,
-                                                     absorption=args.absorption)
+                                                     absorption=args.absorption,
+                                                     thermal_absorption=args.thermal_absorption)
     if args.start == "reference":  # the reference paper's authors' optimised orientations (quartz only)
         from quartz_parity import reference_orientations
 
         exp = prepare_experiment(data, crystal, settings, orientations=reference_orientations(data.frame_id)[0])
     log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams (padded), "
-        f"{settings.n_samples} samples, absorption {args.absorption}")
+        f"{settings.n_samples} samples, absorption κ {args.absorption}"
+        f"{' + thermal (TDS)' if args.thermal_absorption else ''}")
     timing = {}
     t0 = time.perf_counter()
     single = RefineConfig(thickness_model="single", thickness_init=600.0, aniso=args.aniso)
@@ -222,6 +224,7 @@ def run(args) -> dict:
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
               "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
+              "thermal_absorption": args.thermal_absorption,
               "loss": f"{args.frame_loss} of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
               "orientation": args.orientation, "start": args.start, "joint_tilts": args.joint_tilts,
               "reselect": args.reselect,
@@ -287,6 +290,8 @@ def main() -> None:
     ap.add_argument("--beams", choices=("frame", "sample"), default="frame",
                     help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")
     ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
+    ap.add_argument("--thermal-absorption", action="store_true",
+                    help="Einstein-model TDS absorptive potential from the ADPs (jaxed.absorption; adds to κ)")
     ap.add_argument("--reselect", action="store_true",
                     help="after the orientation search, select reflections (R_Sg, D_Sg) at the refined orientations")
     ap.add_argument("--per-frame-mean", action="store_true",

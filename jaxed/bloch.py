@@ -18,7 +18,8 @@ JVP built on the Daleckii–Krein formula (PHYSICS.md §4.7): for f(B) = exp(iτ
 which is exact, finite and continuous through degeneracies (Φ_jj = iτ e^{iτλ_j}). The reverse mode is JAX's
 transpose of this linear rule, so ``grad`` costs a few matrix products on top of the forward eigendecomposition.
 
-**Absorption** (PHYSICS.md §3.3, §4.5): proportional model U'_g = κU_g (g = 0 included). 'perturbative' keeps
+**Absorption** (PHYSICS.md §3.3, §4.5): proportional model U'_g = κU_g (g = 0 included) and/or the Einstein-model
+thermal-diffuse-scattering potential U'_TDS,g from the ADPs (jaxed.absorption). 'perturbative' keeps
 ``eigh`` of the elastic matrix, damps each Bloch wave by exp(−τ q_j), q_j = c_jᴴ B_a c_j, and adds the absorptive
 coupling between Bloch waves to first order (:func:`propagate_absorbing`);
 'exact' exponentiates the non-Hermitian matrix with ``jax.scipy.linalg.expm`` and validates it.
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxed.absorption import absorptive_coefficients
 from jaxed.constants import relativistic_gamma, wavelength
 from jaxed.crystal import AtomParams, Crystal
 from jaxed.geometry import BeamSet, excitation_errors
@@ -62,6 +64,9 @@ class BlochSettings:
     Attributes:
         energy_kev: accelerating voltage [kV].
         absorption: κ of the proportional absorption model U'_g = κ U_g [–]; 0 = no absorption.
+        thermal_absorption: add the Einstein-model thermal-diffuse-scattering absorptive potential computed from the
+            form factors and ADPs (jaxed.absorption; element-, B- and |g|-dependent, no free parameter). With κ > 0
+            as well the two add: U'_g = U'_TDS,g + κ U_g.
         absorption_method: 'perturbative' (first order, eigh; for refinement) or 'exact' (matrix exponential).
         propagator: 'eigh' (default) or 'expm' (the matrix-exponential route of diffBloch; for validation and the
             benchmark). With absorption and 'expm' the exact path is used.
@@ -77,6 +82,7 @@ class BlochSettings:
 
     energy_kev: float = 200.0
     absorption: float = 0.0
+    thermal_absorption: bool = False
     absorption_method: str = "perturbative"
     propagator: str = "eigh"
     metric: bool = True
@@ -91,6 +97,13 @@ class BlochSettings:
             raise ValueError(f"absorption_method {self.absorption_method!r}: expected one of {ABSORPTION_METHODS}")
         if not self.energy_kev > 0:
             raise ValueError(f"energy {self.energy_kev} kV: expected > 0")
+        if not self.absorption >= 0:
+            raise ValueError(f"absorption κ = {self.absorption}: expected ≥ 0")
+
+    @property
+    def absorbing(self) -> bool:
+        """Whether the potential has an absorptive part (κ > 0 or thermal absorption)."""
+        return self.absorption > 0 or self.thermal_absorption
 
     @property
     def k(self) -> float:
@@ -219,17 +232,24 @@ def structure_matrix(u_ext: jax.Array, coupling: jax.Array, mask: jax.Array, sg:
     """Symmetrised structure matrix of one frame (PHYSICS.md §4.3).
 
     Args:
-        u_ext: U_h for ``hkl_unique`` with one 0 appended, (n_unique + 1,) complex [Å⁻²].
+        u_ext: U_h for ``hkl_unique`` with one 0 appended, (n_unique + 1,) complex [Å⁻²]; with thermal absorption
+            (2, n_unique + 1): rows U_h and U'_TDS,h (:func:`potential_table`).
         coupling: (n, n) int index of g − h into ``u_ext``.  mask: (n,) bool.
         sg: excitation errors (n,) [Å⁻¹].  gn: g·n (n,) [Å⁻¹].  k: K [Å⁻¹].  kn: K_n = k₀·n [Å⁻¹].
 
     Returns:
-        (B, B_a, m): B = M A M (n, n) complex [Å⁻²]; B_a = M A' M, the absorptive part (κ·U including U₀);
+        (B, B_a, m): B = M A M (n, n) complex [Å⁻²]; B_a = M A' M, the absorptive part (κ·U + U'_TDS, including
+        the g = 0 terms on the diagonal);
         m = diag(M) (n,).
     """
     n = sg.shape[0]
     dtype = sg.dtype
-    u_mat = u_ext[coupling]  # U_{g−h}; diagonal holds U₀
+    if u_ext.ndim == 2:  # rows U and U'_TDS
+        u_mat = u_ext[0][coupling]  # U_{g−h}; diagonal holds U₀
+        u_abs = u_ext[1][coupling] + settings.absorption * u_mat
+    else:
+        u_mat = u_ext[coupling]
+        u_abs = settings.absorption * u_mat
     eye = jnp.eye(n, dtype=bool)
     u_elastic = u_mat if settings.mean_potential else jnp.where(eye, 0.0, u_mat)
     pad = settings.pad_diagonal * (1.0 + jnp.arange(n, dtype=dtype) / n)
@@ -240,7 +260,7 @@ def structure_matrix(u_ext: jax.Array, coupling: jax.Array, mask: jax.Array, sg:
     else:
         m = jnp.ones_like(sg)
     b = m[:, None] * a * m[None, :]
-    b_a = settings.absorption * (m[:, None] * u_mat * m[None, :])
+    b_a = m[:, None] * u_abs * m[None, :]
     return b, b_a, m
 
 
@@ -250,7 +270,7 @@ def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupli
     """Beam amplitudes ψ_g(t) of one orientation.
 
     Args:
-        u_ext: (n_unique + 1,) complex [Å⁻²] (see :func:`potential_table`).
+        u_ext: (n_unique + 1,) or (2, n_unique + 1) complex [Å⁻²] (see :func:`potential_table`).
         hkl: (n, 3) int.  mask: (n,) bool.  coupling: (n, n) int.
         rotation: crystal → lab orientation, (3, 3).
         thickness: (n_t,) [Å] along the surface normal.
@@ -275,7 +295,7 @@ def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupli
     gn = jnp.where(mask, g_lab @ n_lab, 0.0)
     b, b_a, m = structure_matrix(u_ext, coupling, mask, sg, gn, k, kn, settings)
     tau = jnp.pi * thickness / kn
-    if settings.absorption == 0.0:
+    if not settings.absorbing:
         psi = propagate_eigh(b, tau) if settings.propagator == "eigh" else propagate_expm(b, tau)
     elif settings.absorption_method == "exact" or settings.propagator == "expm":
         psi = propagate_expm(b + 1j * b_a, tau)
@@ -301,11 +321,14 @@ def centric_at_origin(crystal: Crystal) -> bool:
 def potential_table(atoms: AtomParams, crystal: Crystal, beams: BeamSet, settings: BlochSettings) -> jax.Array:
     """U_h [Å⁻²] for every coupling of ``beams``, with one 0 appended for padded pairs, (n_unique + 1,): complex,
     or real when ``settings.real_if_centric`` and the crystal is centric at the origin (imaginary parts are then
-    rounding noise, ≲ 1e-16 |U|; tests/test_bloch.py)."""
+    rounding noise, ≲ 1e-16 |U|; tests/test_bloch.py). With ``settings.thermal_absorption``, (2, n_unique + 1):
+    U_h and the thermal absorptive U'_h (jaxed.absorption; same symmetry, so real in the same case)."""
     u = potential_coefficients(atoms, crystal, beams.hkl_unique, settings.gamma)
+    if settings.thermal_absorption:
+        u = jnp.stack([u, absorptive_coefficients(atoms, crystal, beams.hkl_unique, settings.gamma, settings.k)])
     if settings.real_if_centric and centric_at_origin(crystal):
         u = jnp.real(u)
-    return jnp.concatenate([u, jnp.zeros((1,), dtype=u.dtype)])
+    return jnp.concatenate([u, jnp.zeros(u.shape[:-1] + (1,), dtype=u.dtype)], axis=-1)
 
 
 def simulate(atoms: AtomParams, crystal: Crystal, beams: BeamSet, rotations: jax.Array, thickness: jax.Array,

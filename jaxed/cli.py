@@ -44,6 +44,8 @@ def _add_physics(p: argparse.ArgumentParser, g_max: float = 1.5, sg_max: float =
                    help="electron form factors: Lobato & Van Dyck 2014 (default) or Peng/ITC C 4.3.2.2")
     p.add_argument("--absorption", type=float, default=0.0, metavar="KAPPA",
                    help="proportional absorption U'_g = κ U_g (0 = none)")
+    p.add_argument("--thermal-absorption", action="store_true",
+                   help="thermal-diffuse-scattering absorption from the ADPs (Einstein model; adds to κ)")
     p.add_argument("--float32", action="store_true", help="single precision (faster on GPUs; default float64)")
 
 
@@ -186,6 +188,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="integration semi-angle [deg] (default: the file's precession_angle column)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
     p.add_argument("--absorption", type=float, default=None, metavar="KAPPA", help="U'_g = κU_g (0)")
+    p.add_argument("--thermal-absorption", action="store_true", default=None,
+                   help="thermal-diffuse-scattering absorption from the ADPs (Einstein model; adds to κ)")
     p.add_argument("--frames", help="subset of frames: '1-20', '1,5,9-12', 'every:3', 'first:20'")
     p.add_argument("--cell-tolerance", type=_positive(float), default=None,
                    help="refuse a structure whose cell differs from the data's by more than this (0.05 = 5 %%)")
@@ -219,7 +223,8 @@ def _run_simulate(args) -> int:
             raise JaxedInputError(f"--beam {' '.join(map(str, args.beam))}: expected a non-zero finite direction")
     else:
         uvws = read_beam_directions(args.beams)
-    settings = BlochSettings(energy_kev=s["energy"], absorption=s["absorption"])
+    settings = BlochSettings(energy_kev=s["energy"], absorption=s["absorption"],
+                             thermal_absorption=bool(s["thermal_absorption"]))
     out = Path(args.out)
     if not out.parent.exists():
         raise JaxedInputError(f"--out {out}: folder {out.parent} does not exist")
@@ -274,6 +279,7 @@ def _load(args, s):
         warnings.simplefilter("always")
         problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],
                                frames=s["frames"], exp_settings=exp, absorption=s["absorption"],
+                               thermal_absorption=bool(s["thermal_absorption"]),
                                cell_tolerance=s["cell_tolerance"], drop_bad_sigma=bool(s["drop_bad_sigma"]))
     for w in caught:
         print(f"jaxed: warning: {w.message}", file=sys.stderr)

@@ -94,6 +94,8 @@ def _i(default, help, minimum=0, maximum=None):
 _SCATTERING = Setting(str, "lobato", "electron form factors: Lobato & Van Dyck 2014 or Peng / ITC C 4.3.2.2",
                       choices=("lobato", "peng"))
 _ABSORPTION = _f(0.0, "proportional absorption κ: U'_g = κ U_g (0: none)", open_min=False)
+_THERMAL = Setting(bool, False, "thermal-diffuse-scattering absorption from the ADPs (Einstein model, no free "
+                   "parameter; adds to κ)")
 _FLOAT32 = Setting(bool, False, "single precision (faster on GPUs; default float64)")
 
 _DATA = {
@@ -113,6 +115,7 @@ _DATA = {
     "semi_angle": _f(None, "integration semi-angle (unset: the file's precession_angle column)", "deg"),
     "scattering": _SCATTERING,
     "absorption": _ABSORPTION,
+    "thermal_absorption": _THERMAL,
     "frames": Setting(str, None, "subset of frames: '1-20', '1,5,9-12', 'every:3', 'first:20' (unset: all)"),
     "cell_tolerance": _f(0.05, "refuse a structure whose cell differs from the data's by more than this fraction "
                          "(0.05 = 5 %, angles: 100× this in degrees)", maximum=1.0),
@@ -172,6 +175,7 @@ _SCHEMA = {
         "sg_max": _f(0.02, "beams in the Bloch matrix: |s_g| ≤ S", "1/Å"),
         "scattering": _SCATTERING,
         "absorption": _ABSORPTION,
+        "thermal_absorption": _THERMAL,
         "float32": _FLOAT32,
     },
     "synth": {

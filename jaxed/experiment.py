@@ -403,7 +403,7 @@ def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Exper
         psi = frame_wavefunction(u_ext, hkl, mask, coupling, rot, t, reciprocal, settings, normal)
         return jnp.mean(jnp.real(psi * jnp.conj(psi)), axis=0)  # average over thickness draws
 
-    n_unique = u_ext.shape[0] - 1
+    n_unique = u_ext.shape[-1] - 1
 
     def per_subset(hkl, mask, coupling, rot, t, sub, sub_mask):
         # the sample's own matrix: rows/columns ``sub`` of the frame's; padded pairs couple through U = 0

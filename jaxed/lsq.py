@@ -167,7 +167,7 @@ class LeastSquares:
         complex_bytes = 16 if dtype == jnp.float64 else 8  # the parameters' precision is the model's
         per = exp.n_frames * batching.bytes_per_frame(exp.matrix_size, int(np.shape(exp.sample_rotations)[1]),
                                                       gradient=mode == "rev", complex_bytes=complex_bytes,
-                                                      absorption=self.problem.bloch.absorption > 0)
+                                                      absorption=self.problem.bloch.absorbing)
         count = self.n_params if mode == "fwd" else self.n_residuals
         budget = batching.MEMORY_FRACTION * batching.available_memory()
         return int(max(1, min(count, budget // max(per, 1))))

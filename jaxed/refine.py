@@ -186,7 +186,7 @@ class Refinement:
         self.frames_per_batch = config.frames_per_batch or batching.frames_per_batch(
             experiment.n_frames, experiment.matrix_size, int(np.shape(experiment.sample_rotations)[1]),
             config.thickness_samples, complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
-            n_devices=batching.frame_devices(experiment), absorption=bloch.absorption > 0)
+            n_devices=batching.frame_devices(experiment), absorption=bloch.absorbing)
         self._intensities_jit = jax.jit(self._intensities)  # traced on first use
 
     # ----------------------------------------------------------------------------------------------- model

@@ -150,7 +150,7 @@ def _drop_duplicates_and_empty(data, where: str):
 
 def load_problem(structure: str, data_path: str, *, block: str | None = None, scattering: str = "lobato",
                  frames: str | None = None, exp_settings: ExperimentSettings = ExperimentSettings(),
-                 absorption: float = 0.0, cell_tolerance: float = 0.05, drop_bad_sigma: bool = False, log=print):
+                 absorption: float = 0.0, thermal_absorption: bool = False, cell_tolerance: float = 0.05, drop_bad_sigma: bool = False, log=print):
     """Read the structure and the data, check them against each other and prepare the experiment.
 
     Returns:
@@ -178,7 +178,8 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     experiment = prepare_experiment(data, crystal, exp_settings)
     if not np.asarray(experiment.refl_mask).any():
         raise JaxedInputError(f"{data_path}: no reflections left after the selection (g_max_refine, R_Sg)")
-    bloch = BlochSettings(energy_kev=experiment.energy_kev, absorption=absorption)
+    bloch = BlochSettings(energy_kev=experiment.energy_kev, absorption=absorption,
+                          thermal_absorption=thermal_absorption)
     return crystal, atoms, data, experiment, bloch
 
 
