@@ -45,6 +45,20 @@ def test_simulate_many_beams_file_and_options(tmp_path):
         assert 0.5 < total < 1.0  # absorption removes intensity
 
 
+def test_simulate_thermal_absorption_option(tmp_path):
+    # --thermal-absorption (κ = 0): the TDS potential alone removes intensity (GaAs at 300 Å: about 14 %), and a
+    # config file's thermal_absorption = true does the same as the flag (identical output).
+    outs = []
+    for extra in (["--thermal-absorption"], ["--config", str(tmp_path / "c.toml")]):
+        (tmp_path / "c.toml").write_text("[simulate]\nthermal_absorption = true\n")
+        out = tmp_path / f"t{len(outs)}.csv"
+        assert main(["simulate", SIMPLE, "--block", "GaAs", "--beam", "1", "0.13", "2.4", "--thickness", "300",
+                     *extra, "--out", str(out)]) == 0
+        outs.append(_read(out)[1])
+    assert 0.8 < outs[0][:, 5].sum() < 0.95  # measured 0.857 (U'₀/U₀ = 2.1 % for GaAs)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("args, message", [
     (["simulate", "/nonexistent.cif", "--beam", "0", "0", "1", "--thickness", "10"], "no such file"),
     (["simulate", QUARTZ, "--beam", "0", "0", "0", "--thickness", "10"], "non-zero"),
