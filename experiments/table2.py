@@ -254,7 +254,10 @@ def summary() -> None:
         db = "–" if pub["diffbloch"] is None else f"{pub['diffbloch'][0]:.2%} / {pub['diffbloch'][1]:.2%}"
         beams = s.get("beam_selection", "frame") + (f" ≤{s['max_beams']}" if s.get("max_beams") else "")
         means = (f"{f['R_obs_frame_mean']:.2%} / {f['wR_all_frame_mean']:.2%}" if "R_obs_frame_mean" in f else "–")
-        print(f"| {r['sample']} ({tag}) | {r['frames']} | {s['n_samples']} | {beams} | "
+        absorbing = [f"κ {r['absorption']}"] if r.get("absorption") else []
+        absorbing += ["TDS"] if r.get("thermal_absorption") else []
+        label = tag + (f"; absorption {' + '.join(absorbing)}" if absorbing else "")
+        print(f"| {r['sample']} ({label}) | {r['frames']} | {s['n_samples']} | {beams} | "
               f"{s['g_max']}/{s['g_max_refine']} | {s.get('d_sg_min') or '–'} | "
               f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {means} | {f['N_obs']}, {f['N_all']} | "
               f"{r['mean_thickness_A'] / 10:.1f} | "
