@@ -10,7 +10,11 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
   evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
 * ``kappa``: the run's model (reflections above ``--g-min``) evaluated at each absorption κ of ``--kappas``, not
   refitted: how much a different proportional absorption would change the fit; with ``--thermal-absorption`` the
-  Einstein-model TDS absorptive potential is added (κ = 0: TDS alone).
+  Einstein-model TDS absorptive potential is added (κ = 0: TDS alone);
+* ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
+  absorption propagated perturbatively (first order, the refinement's path, with ``--slices`` thickness slices) vs
+  exactly (matrix exponential): the error of the first-order path on this crystal, as Σ|ΔI| / ΣI per frame (the
+  scale of an R factor).
 
     python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
 """
@@ -34,7 +38,7 @@ from table2 import RESULTS, SAMPLES, SHARED  # noqa: E402
 from jaxed import objective  # noqa: E402
 from jaxed import orientation as ori  # noqa: E402
 from jaxed.errors import JaxedInputError  # noqa: E402
-from jaxed.experiment import ExperimentSettings, reselect_sample_beams  # noqa: E402
+from jaxed.experiment import ExperimentSettings, integrated_intensities, reselect_sample_beams  # noqa: E402
 from jaxed.geometry import rotation_x, rotation_z  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
@@ -69,14 +73,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
-                    choices=("values", "tilts", "beams", "thickness", "gmin", "kappa"))
+                    choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact"))
     ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
     ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
     ap.add_argument("--thermal-absorption", action="store_true",
                     help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.absorption)")
+    ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
+    ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the first-order path")
     args = ap.parse_args()
+    if "exact" in args.check:
+        spec = SAMPLES["cspbbr3"]
+        settings = ExperimentSettings(g_max=2.0, sg_max=0.01, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
+                                      beam_selection="sample", d_sg_min=0.0015, g_min_refine=0.1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
+                                                         frames=args.frames, exp_settings=settings,
+                                                         log=lambda s: None, thermal_absorption=True)
+        t = np.full(exp.n_frames, args.thickness)
+        mask = np.asarray(exp.refl_mask)
+        exact = np.asarray(jax.jit(lambda a: integrated_intensities(
+            a, crystal, exp, t, dataclasses.replace(bloch, absorption_method="exact")))(atoms))
+        for slices in (int(n) for n in args.slices.split(",")):
+            first = np.asarray(jax.jit(lambda a: integrated_intensities(
+                a, crystal, exp, t, dataclasses.replace(bloch, absorption_slices=slices)))(atoms))
+            diff = np.sum(np.abs(first - exact) * mask, axis=1) / np.sum(exact * mask, axis=1)
+            scale = np.sum(first * exact * mask, axis=1) / np.sum(first * first * mask, axis=1)  # best frame scale
+            scaled = np.sum(np.abs(scale[:, None] * first - exact) * mask, axis=1) / np.sum(exact * mask, axis=1)
+            print(f"TDS absorption, t = {args.thickness} Å, {slices} slice(s), frames {args.frames}: "
+                  f"Σ|I_first − I_exact| / ΣI_exact per frame {np.round(diff, 5).tolist()}; after the best frame "
+                  f"scale {np.round(scaled, 5).tolist()}", flush=True)
     if "kappa" in args.check:
         for kappa in (float(k) for k in args.kappas.split(",")):
             problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=kappa, thermal=args.thermal_absorption)

@@ -68,6 +68,9 @@ class BlochSettings:
             form factors and ADPs (jaxed.absorption; element-, B- and |g|-dependent, no free parameter). With κ > 0
             as well the two add: U'_g = U'_TDS,g + κ U_g.
         absorption_method: 'perturbative' (first order, eigh; for refinement) or 'exact' (matrix exponential).
+        absorption_slices: 'perturbative' only: equal thickness slices, each propagated to first order in the
+            absorptive coupling (error ∝ 1/slices; :func:`propagate_absorbing`). 32 (default): CsPbBr₃ with TDS
+            absorption at 43 nm is within Σ|ΔI|/ΣI = 0.3 % of the exact path (1 slice: 2 %) for ≈ 1.4× the step time.
         propagator: 'eigh' (default) or 'expm' (the matrix-exponential route of diffBloch; for validation and the
             benchmark). With absorption and 'expm' the exact path is used.
         metric: apply the D = 1 + g_n/K_n metric (PHYSICS.md §4.3); False gives the plain Hermitian problem
@@ -84,6 +87,7 @@ class BlochSettings:
     absorption: float = 0.0
     thermal_absorption: bool = False
     absorption_method: str = "perturbative"
+    absorption_slices: int = 32
     propagator: str = "eigh"
     metric: bool = True
     mean_potential: bool = True
@@ -97,6 +101,8 @@ class BlochSettings:
             raise ValueError(f"absorption_method {self.absorption_method!r}: expected one of {ABSORPTION_METHODS}")
         if not self.energy_kev > 0:
             raise ValueError(f"energy {self.energy_kev} kV: expected > 0")
+        if not (isinstance(self.absorption_slices, int) and self.absorption_slices >= 1):
+            raise ValueError(f"absorption_slices {self.absorption_slices!r}: expected an integer ≥ 1")
         if not self.absorption >= 0:
             raise ValueError(f"absorption κ = {self.absorption}: expected ≥ 0")
 
@@ -198,21 +204,49 @@ def _eigh_broadened_jvp(primals, tangents):
     return (lam, c), (dlam, dc)
 
 
-def propagate_absorbing(b_r: jax.Array, b_a: jax.Array, tau: jax.Array) -> jax.Array:
+def _second_order_shift(v: jax.Array, lam: jax.Array, tau: jax.Array) -> jax.Array:
+    """Second-order shift δ_j of each damped eigenvalue under the off-diagonal coupling V (n, n), for each τ (n_t,):
+
+        δ_j(τ) = τ Σ_k V_jk V_kj q(τ(λ_j − λ_k)),   q(x) = [1 − (1 − e^{−ix})/(ix)] / x,
+
+    chosen so that iτδ_j e^{iτλ_j} is the diagonal second-order Dyson term Σ_k V_jk V_kj f^[2](λ_j, λ_k, λ_j) of
+    f(x) = e^{iτx}; exponentiated, it resums the part that grows with τ (for |τ(λ_j − λ_k)| ≫ 1, q → 1/x and δ_j → the
+    Rayleigh–Schrödinger shift Σ_k V_jk V_kj/(λ_j − λ_k)), which first order alone misses. Regular at x = 0 (q(0) =
+    i/2). Returns (n_t, n)."""
+    x = tau[:, None, None] * (lam[:, None] - lam[None, :])[None]  # (n_t, n, n)
+    small = jnp.abs(x) < 1e-2
+    xs = jnp.where(small, 1.0, x)
+    q_big = (1.0 - (1.0 - jnp.exp(-1j * xs)) / (1j * xs)) / xs
+    q_small = 0.5j + x / 6.0 - 1j * x**2 / 24.0 - x**3 / 120.0
+    q = jnp.where(small, q_small, q_big)
+    vv = v * v.T  # V_jk V_kj (zero diagonal)
+    return tau[:, None] * jnp.sum(vv[None] * q, axis=-1)
+
+
+def propagate_absorbing(b_r: jax.Array, b_a: jax.Array, tau: jax.Array, slices: int = 1) -> jax.Array:
     """Absorption by perturbation theory on the elastic Bloch waves (PHYSICS.md §4.5).
 
     With B_r = C diag(λ) Cᴴ (``eigh``) and W = Cᴴ B_a C, each Bloch wave is damped by its own absorption,
     λ̃_j = λ_j + i W_jj (Humphreys & Hirsch 1968), and the absorptive coupling between Bloch waves enters to first
     order through the divided differences of e^{iτx} at the damped eigenvalues:
 
-        ψ = C [e^{iτλ̃} ∘ α + (iW_off ∘ Φ(λ̃)) α],   α = Cᴴ e₀.
+        ψ = C P(τ) α,   P(τ) = diag(e^{iτ(λ̃ + δ(τ))}) + iW_off ∘ Φ(λ̃, τ),   α = Cᴴ e₀.
 
     The second term is the Daleckii–Krein first-order response to the off-diagonal part; without it (the textbook
-    diagonal-only form) the total intensity is ~2 % off at κ = 0.1, t = 100–400 Å; with it, 0.2 % (tests).
+    diagonal-only form) the total intensity is ~2 % off at κ = 0.1, t = 100–400 Å; with it, 0.2 % (tests). δ is the
+    diagonal second-order term, exponentiated (:func:`_second_order_shift`): first order alone misses the
+    eigenvalue shift Σ_k |W_jk|²/(λ_j − λ_k), whose phase error grows with the thickness (GaAs, κ = 0.1, 400 Å: max
+    |ΔI| vs the exact path 6.6e-4 → 1.2e-4 with δ).
+
+    ``slices`` > 1 splits the thickness into equal slices and applies the slice propagator P(τ/n) n times (n
+    matrix–vector products in the eigenbasis, no further decomposition), and the product tends to the exact
+    exponential (tests/test_bloch.py). Strong absorption over hundreds of nm needs it: for CsPbBr₃ with its TDS
+    potential at 43 nm, Σ|ΔI|/ΣI vs the exact path is 0.5–1.1 % with one slice and 0.06–0.17 % with 32
+    (first order without δ: 1.4–2.0 % and 0.3–0.4 %; ``experiments/cspbbr3_frames.py --check exact``).
 
     Args:
         b_r: elastic Hermitian matrix, (n, n).  b_a: absorptive Hermitian matrix (U' part), (n, n).
-        tau: (n_t,) [Å²].
+        tau: (n_t,) [Å²].  slices: number of equal thickness slices (static).
     Gradients flow through the eigenvectors with a broadened 1/(λ_j − λ_k) (finite at exact degeneracies);
     use the 'exact' method to validate such orientations.
     """
@@ -222,8 +256,15 @@ def propagate_absorbing(b_r: jax.Array, b_a: jax.Array, tau: jax.Array) -> jax.A
     lam_damped = lam + 1j * jnp.real(w_diag)
     alpha = jnp.conj(c[0, :])
     w_off = 1j * (w - jnp.diag(w_diag))
-    coef = jnp.exp(1j * tau[:, None] * lam_damped[None, :]) * alpha[None, :]
-    coef = coef + jnp.einsum("tjk,k->tj", w_off[None] * _divided_exp(lam_damped, tau), alpha)
+    step = tau / slices
+    shift = _second_order_shift(w_off, lam_damped, step)  # (n_t, n)
+    phase = jnp.exp(1j * step[:, None] * (lam_damped[None, :] + shift))  # (n_t, n)
+    off = w_off[None] * _divided_exp(lam_damped, step)  # (n_t, n, n)
+
+    def apply(_, v):
+        return phase * v + jnp.einsum("tjk,tk->tj", off, v)
+
+    coef = jax.lax.fori_loop(0, slices, apply, jnp.broadcast_to(alpha[None, :], phase.shape).astype(phase.dtype))
     return coef @ c.T
 
 
@@ -300,7 +341,7 @@ def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupli
     elif settings.absorption_method == "exact" or settings.propagator == "expm":
         psi = propagate_expm(b + 1j * b_a, tau)
     else:
-        psi = propagate_absorbing(b, b_a, tau)
+        psi = propagate_absorbing(b, b_a, tau, settings.absorption_slices)
     return jnp.where(mask[None, :], psi * m[None, :], 0.0)
 
 
