@@ -14,8 +14,9 @@ The absorptive structure factor and coefficient follow as for the elastic ones (
 
     F'_g = Σ_atoms occ · f'(|g|; B_atom) · exp(−2πi g·r),      U'_g = γ F'_g / (π Ω)
 
-so U'_{−g} = U'_g* and U'_0 = (1/(2πΩ))·(γ/K)²·K·Σ σ_TDS — the mean absorption μ₀ = 2πU'₀/K equals n·σ_TDS, the
-number density times the Einstein-model TDS cross-section ∫ |γf|² (1 − e^{−B q²/2}) dΩ (tests/test_absorption.py).
+so U'_{−g} = U'_g* and U'_0 = K Σ_cell σ_TDS / (2πΩ) — the mean absorption μ₀ = 2πU'₀/K equals n·σ_TDS, the number
+density times the Einstein-model TDS cross-section σ_TDS = ∫ |γf|² (1 − e^{−B q²/2}) dΩ, dΩ = d²q/K²
+(tests/test_absorption.py).
 
 Evaluation. With q = g/2 + p, |q|² + |g − q|² = g²/2 + 2p², so the diffuse term depends on |p| only and the bracket
 vanishes at the two peaks of f·f (p = ±g/2): the integrand is smooth. It is integrated in polar coordinates about
@@ -26,8 +27,7 @@ admits to ≤ 1e-6 relative for |g| ≤ 4 Å⁻¹, B = 0.3–3 Å² (tests). f'(
 cost does not grow with the number of reflections. Anisotropic sites use B_eq = 8π² tr(U_cart)/3 for the absorptive
 part (the elastic part keeps the full tensor). Everything is differentiable in the ADPs, which refine through it.
 
-Core-loss (ionisation) absorption is not included; it is small next to TDS for the heavy, strongly vibrating atoms
-where absorption matters most.
+Core-loss (ionisation) absorption is not included.
 """
 from __future__ import annotations
 
