@@ -12,8 +12,8 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
   refitted: how much a different proportional absorption would change the fit; with ``--thermal-absorption`` the
   Einstein-model TDS absorptive potential is added (κ = 0: TDS alone);
 * ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
-  absorption propagated perturbatively (first order, the refinement's path, with ``--slices`` thickness slices) vs
-  exactly (matrix exponential): the error of the first-order path on this crystal, as Σ|ΔI| / ΣI per frame (the
+  absorption propagated perturbatively (the refinement's path, with ``--slices`` thickness slices) vs exactly
+  (matrix exponential): the error of the perturbative path on this crystal, as Σ|ΔI| / ΣI per frame (the
   scale of an R factor).
 
     python experiments/cspbbr3_frames.py --check values tilts beams thickness --frames 5,19,21,29,35,41
@@ -44,16 +44,21 @@ from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
 
 
-def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
-    """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
+def _load(frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
+    """The CIF structure and the data of the full runs' settings, on the chosen frames: load_problem's tuple."""
     spec = SAMPLES["cspbbr3"]
     settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
                                   beam_selection="sample", d_sg_min=0.0015, g_min_refine=g_min)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
-                                                     frames=frames, exp_settings=settings, log=lambda s: None,
-                                                     absorption=absorption, thermal_absorption=thermal)
+        return load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"], frames=frames,
+                            exp_settings=settings, log=lambda s: None, absorption=absorption,
+                            thermal_absorption=thermal)
+
+
+def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
+    """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
+    crystal, atoms, _, exp, bloch = _load(frames, sg_max, g_max, g_min, absorption, thermal)
     orients = np.load(RESULTS / f"{tag}_orientations.npy")
     if frames is not None:
         orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
@@ -81,17 +86,10 @@ def main() -> None:
     ap.add_argument("--thermal-absorption", action="store_true",
                     help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.absorption)")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
-    ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the first-order path")
+    ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the perturbative path")
     args = ap.parse_args()
     if "exact" in args.check:
-        spec = SAMPLES["cspbbr3"]
-        settings = ExperimentSettings(g_max=2.0, sg_max=0.01, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
-                                      beam_selection="sample", d_sg_min=0.0015, g_min_refine=0.1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            crystal, atoms, _, exp, bloch = load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"],
-                                                         frames=args.frames, exp_settings=settings,
-                                                         log=lambda s: None, thermal_absorption=True)
+        crystal, atoms, _, exp, bloch = _load(args.frames, g_min=0.1, thermal=True)
         t = np.full(exp.n_frames, args.thickness)
         mask = np.asarray(exp.refl_mask)
         exact = np.asarray(jax.jit(lambda a: integrated_intensities(
@@ -103,13 +101,14 @@ def main() -> None:
             scale = np.sum(first * exact * mask, axis=1) / np.sum(first * first * mask, axis=1)  # best frame scale
             scaled = np.sum(np.abs(scale[:, None] * first - exact) * mask, axis=1) / np.sum(exact * mask, axis=1)
             print(f"TDS absorption, t = {args.thickness} Å, {slices} slice(s), frames {args.frames}: "
-                  f"Σ|I_first − I_exact| / ΣI_exact per frame {np.round(diff, 5).tolist()}; after the best frame "
+                  f"Σ|I − I_exact| / ΣI_exact per frame {np.round(diff, 5).tolist()}; after the best frame "
                   f"scale {np.round(scaled, 5).tolist()}", flush=True)
     if "kappa" in args.check:
         for kappa in (float(k) for k in args.kappas.split(",")):
             problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=kappa, thermal=args.thermal_absorption)
             r = problem.summary(p)
-            print(f"κ = {kappa}{' + TDS' if args.thermal_absorption else ''}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+            print(f"κ = {kappa}{' + TDS' if args.thermal_absorption else ''}: frame means R_obs "
+                  f"{r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):

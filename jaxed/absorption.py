@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed.crystal import AtomParams, Crystal, expand
+from jaxed.potential import structure_sum
 from jaxed.scattering import form_factor
 
 __all__ = ["N_KNOTS", "tds_integral", "absorptive_form_factors", "absorptive_coefficients"]
@@ -58,10 +59,9 @@ def _nodes(n_radial: int, n_angular: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return p, p * dp * wu, np.cos(th), 4.0 * wt
 
 
-def _radial_products(g: jax.Array, a: jax.Array, b: jax.Array, kind: str, n_radial: int,
-                     n_angular: int) -> jax.Array:
+def _radial_products(g: jax.Array, a: jax.Array, b: jax.Array, kind: str, p: jax.Array, cos_t: jax.Array,
+                     w_t: jax.Array) -> jax.Array:
     """Angular sums Σ_θ w_θ f(|g/2 + p|) f(|g/2 − p|) per species, (n_species, n_g, n_radial) [Å²]."""
-    p, _, cos_t, w_t = (jnp.asarray(x, dtype=g.dtype) for x in _nodes(n_radial, n_angular))
     base = g[:, None, None] ** 2 / 4.0 + p[None, :, None] ** 2
     cross = g[:, None, None] * p[None, :, None] * cos_t[None, None, :]
     f_plus = form_factor((base + cross).ravel(), a, b, kind)  # (n_species, n_g·n_radial·n_angular)
@@ -70,9 +70,8 @@ def _radial_products(g: jax.Array, a: jax.Array, b: jax.Array, kind: str, n_radi
     return jnp.sum((f_plus * f_minus).reshape(shape) * w_t[None, None, None, :], axis=-1)
 
 
-def _bracket_sum(g: jax.Array, b_iso: jax.Array, radial: jax.Array, n_radial: int, n_angular: int) -> jax.Array:
+def _bracket_sum(g: jax.Array, b_iso: jax.Array, radial: jax.Array, p: jax.Array, w_p: jax.Array) -> jax.Array:
     """Σ_p w_p radial(g, p) [e^{−Bg²/4} − e^{−B(g²/8 + p²/2)}] for each site; radial (n_site, n_g, n_radial)."""
-    p, w_p, _, _ = (jnp.asarray(x, dtype=g.dtype) for x in _nodes(n_radial, n_angular))
     g2 = g[None, :, None] ** 2
     bb = b_iso[:, None, None]
     bracket = jnp.exp(-bb * g2 / 4.0) - jnp.exp(-bb * (g2 / 8.0 + p[None, None, :] ** 2 / 2.0))
@@ -97,10 +96,11 @@ def tds_integral(g: jax.Array, b_iso: jax.Array, a: jax.Array, b: jax.Array, kin
     Returns:
         (n_site, n_g) [Å²]; multiply by γ/(2K) for f' [Å].
     """
-    radial = _radial_products(g, a, b, kind, n_radial, n_angular)
+    p, w_p, cos_t, w_t = (jnp.asarray(x, dtype=g.dtype) for x in _nodes(n_radial, n_angular))
+    radial = _radial_products(g, a, b, kind, p, cos_t, w_t)
     if species is not None:
         radial = radial[species]
-    return _bracket_sum(g, b_iso, radial, n_radial, n_angular)
+    return _bracket_sum(g, b_iso, radial, p, w_p)
 
 
 def _site_b_iso(atoms: AtomParams, crystal: Crystal) -> jax.Array:
@@ -132,8 +132,5 @@ def absorptive_coefficients(atoms: AtomParams, crystal: Crystal, hkl: jax.Array,
     g = jnp.where(g2 > 0, jnp.sqrt(jnp.where(g2 > 0, g2, 1.0)), 0.0)  # finite derivative at g = 0
     f_site = absorptive_form_factors(atoms, crystal, g, gamma, k)  # (n_asu, n_hkl)
     frac, _, weight = expand(atoms, crystal)
-    phase = -2.0 * jnp.pi * jnp.einsum("hi,noi->noh", hkl, frac)
-    real = jnp.sum(weight[..., None] * jnp.cos(phase), axis=1)
-    imag = jnp.sum(weight[..., None] * jnp.sin(phase), axis=1)
-    f_abs = jnp.sum(f_site * real, axis=0) + 1j * jnp.sum(f_site * imag, axis=0)
+    f_abs = structure_sum(f_site, weight[..., None], frac, hkl)
     return f_abs * (gamma / (jnp.pi * crystal.volume))

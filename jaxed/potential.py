@@ -17,7 +17,7 @@ from jaxed.constants import VOLT_ANGSTROM2_PER_F
 from jaxed.crystal import AtomParams, Crystal, expand
 from jaxed.scattering import debye_waller, form_factor
 
-__all__ = ["structure_factors", "potential_coefficients", "potential_volts"]
+__all__ = ["structure_factors", "structure_sum", "potential_coefficients", "potential_volts"]
 
 
 def structure_factors(atoms: AtomParams, crystal: Crystal, hkl: jax.Array) -> jax.Array:
@@ -40,9 +40,22 @@ def structure_factors(atoms: AtomParams, crystal: Crystal, hkl: jax.Array) -> ja
     f_site = f_species[jnp.asarray(crystal.species)]  # (n_asu, n_hkl)
 
     frac, u_star, weight = expand(atoms, crystal)  # (n_asu, n_ops, 3), (n_asu, n_ops, 3, 3), (n_asu, n_ops)
-    phase = -2.0 * jnp.pi * jnp.einsum("hi,noi->noh", hkl, frac)
     dw = debye_waller(hkl, u_star)  # (n_asu, n_ops, n_hkl)
-    amp = weight[..., None] * dw
+    return structure_sum(f_site, weight[..., None] * dw, frac, hkl)
+
+
+def structure_sum(f_site: jax.Array, amp: jax.Array, frac: jax.Array, hkl: jax.Array) -> jax.Array:
+    """Σ_sites f_site(h) Σ_images amp · exp(−2πi h·x) (physics sign, PHYSICS.md §0).
+
+    Args:
+        f_site: per-ASU-site factor, (n_asu, n_hkl).  amp: per image, (n_asu, n_ops, n_hkl) or (n_asu, n_ops, 1)
+            (weights, Debye–Waller).
+        frac: image positions, (n_asu, n_ops, 3).  hkl: (n_hkl, 3) float.
+
+    Returns:
+        (n_hkl,) complex.
+    """
+    phase = -2.0 * jnp.pi * jnp.einsum("hi,noi->noh", hkl, frac)
     real = jnp.sum(amp * jnp.cos(phase), axis=1)
     imag = jnp.sum(amp * jnp.sin(phase), axis=1)
     return jnp.sum(f_site * real, axis=0) + 1j * jnp.sum(f_site * imag, axis=0)

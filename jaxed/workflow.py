@@ -150,7 +150,8 @@ def _drop_duplicates_and_empty(data, where: str):
 
 def load_problem(structure: str, data_path: str, *, block: str | None = None, scattering: str = "lobato",
                  frames: str | None = None, exp_settings: ExperimentSettings = ExperimentSettings(),
-                 absorption: float = 0.0, thermal_absorption: bool = False, cell_tolerance: float = 0.05, drop_bad_sigma: bool = False, log=print):
+                 absorption: float = 0.0, thermal_absorption: bool = False, cell_tolerance: float = 0.05,
+                 drop_bad_sigma: bool = False, log=print):
     """Read the structure and the data, check them against each other and prepare the experiment.
 
     Returns:
