@@ -186,6 +186,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of one Bloch matrix (unset: none)")
     p.add_argument("--semi-angle", type=_positive(float), default=None,
                    help="integration semi-angle [deg] (default: the file's precession_angle column)")
+    p.add_argument("--geometry", choices=("file", "rotation", "precession"), default=None,
+                   help="integration over a rotation about the tilt axis or a precession cone (default: what the "
+                   "file's measurement details say)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
     p.add_argument("--absorption", type=float, default=None, metavar="KAPPA", help="U'_g = κU_g (0)")
     p.add_argument("--thermal-absorption", action="store_true", default=None,
@@ -274,7 +277,8 @@ def _load(args, s):
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
                              g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"],
                              n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
-                             beam_selection=s["beams"], max_beams=s["max_beams"])
+                             beam_selection=s["beams"], max_beams=s["max_beams"],
+                             precession={"file": None, "rotation": False, "precession": True}[s["geometry"]])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],

@@ -113,6 +113,9 @@ _DATA = {
     "max_beams": _i(None, "cap on the beams of one Bloch matrix (smallest |s_g| kept; with --beams sample, "
                     "diffBloch uses ≈ 40 for quartz) (unset: no cap)", minimum=2),
     "semi_angle": _f(None, "integration semi-angle (unset: the file's precession_angle column)", "deg"),
+    "geometry": Setting(str, "file", "how each frame's intensities were integrated: as the file's measurement details "
+                        "say, a continuous rotation about the tilt axis, or a precession cone (some PETS2 exports of "
+                        "precession data say 'continuous rotation')", choices=("file", "rotation", "precession")),
     "scattering": _SCATTERING,
     "absorption": _ABSORPTION,
     "thermal_absorption": _THERMAL,
