@@ -4,7 +4,8 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 
 * ``values``: per-frame R_obs and wR_all (each at its own best scale), worst first;
 * ``tilts``: for chosen frames, a grid of tilts θ ∈ {0.1 … 1.0}°, φ every 30° about the searched orientation;
-* ``beams``: chosen frames with larger beam sets (sg_max 0.02 / 0.03, g_max 2.3);
+* ``beams``: chosen frames (or ``--frames all``: the aggregates, runs with joint tilts too) with larger beam sets
+  (``--beam-sets``, default sg_max 0.02 / 0.03, g_max 2.3), with the run's absorption flags;
 * ``thickness``: per-frame wR_all over a thickness grid (all frames), and the mean with each frame's best;
 * ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
   evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
@@ -44,6 +45,9 @@ from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
 
 
+FRAMES_PER_BATCH = 0  # --frames-per-batch
+
+
 def _load(frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
     """The CIF structure and the data of the full runs' settings, on the chosen frames: load_problem's tuple."""
     spec = SAMPLES["cspbbr3"]
@@ -63,7 +67,8 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
     if frames is not None:
         orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
     exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=orients), crystal)
-    config = RefineConfig(thickness_model="nn", thickness_init=400.0, thickness_range=(50.0, 3000.0))
+    config = RefineConfig(thickness_model="nn", thickness_init=400.0, thickness_range=(50.0, 3000.0),
+                          frames_per_batch=FRAMES_PER_BATCH)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     try:
         return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
@@ -79,7 +84,11 @@ def main() -> None:
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
                     choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact"))
-    ap.add_argument("--frames", default="5,19,21,29,35,41", help="frames (1-based) for tilts and beams")
+    ap.add_argument("--frames", default="5,19,21,29,35,41",
+                    help="frames (1-based) for tilts and beams; beams: 'all' for every frame and the aggregates")
+    ap.add_argument("--beam-sets", default="0.01:2.0,0.02:2.0,0.03:2.0,0.02:2.3",
+                    help="beams: sg_max:g_max pairs of the Bloch matrices to compare")
+    ap.add_argument("--frames-per-batch", type=int, default=0, help="frames per chunk of the forward model (0: auto)")
     ap.add_argument("--g-min", type=float, default=0.1, help="gmin: the low-resolution cut [1/Å]")
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
     ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
@@ -88,6 +97,8 @@ def main() -> None:
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
     ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the perturbative path")
     args = ap.parse_args()
+    global FRAMES_PER_BATCH
+    FRAMES_PER_BATCH = args.frames_per_batch
     if "exact" in args.check:
         crystal, atoms, _, exp, bloch = _load(args.frames, g_min=0.1, thermal=True)
         t = np.full(exp.n_frames, args.thickness)
@@ -140,8 +151,16 @@ def main() -> None:
                 best = np.minimum(best, np.asarray(fn(trial, t)))
             print(f"best with tilts up to {th}°: wR_all", np.round(best, 4), flush=True)
     if "beams" in args.check:
-        for sg, gm in ((0.01, 2.0), (0.02, 2.0), (0.03, 2.0), (0.02, 2.3)):
-            problem, p = _problem(args.tag, args.frames, sg, gm)
+        frames = None if args.frames == "all" else args.frames
+        for sg, gm in ((float(x) for x in pair.split(":")) for pair in args.beam_sets.split(",")):
+            problem, p = _problem(args.tag, frames, sg, gm, g_min=args.g_min if frames is None else 0.0,
+                                  absorption=args.absorption, thermal=args.thermal_absorption)
+            if frames is None:  # all frames (runs with joint tilts too): the aggregates
+                r = problem.summary(p)
+                print(f"sg_max {sg} g_max {gm} ({problem.experiment.matrix_size} beams, padded): frame means "
+                      f"R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
+                      f"{r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
+                continue
             v = objective.frame_values(problem.intensities(p), problem.obs)
             print(f"sg_max {sg} g_max {gm} ({problem.experiment.matrix_size} beams): R_obs", np.round(v["R_obs"], 4),
                   "wR_all", np.round(v["wR_all"], 4), flush=True)

@@ -35,7 +35,7 @@ jax.config.update("jax_enable_x64", "--float32" not in sys.argv)
 
 import numpy as np  # noqa: E402
 
-from jaxed import objective, orientation  # noqa: E402
+from jaxed import metrics, objective, orientation  # noqa: E402
 from jaxed.experiment import (ExperimentSettings, prepare_experiment, reselect_sample_beams,  # noqa: E402
                              tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
@@ -101,6 +101,18 @@ def _scan_thickness(problem: Refinement, grid) -> tuple[float, list]:
             break
         best = rows[-1]
     return best[0], rows
+
+
+def _structure_shift(crystal, start, refined) -> dict:
+    """How far the refinement moved the ASU sites from the starting structure [Å] (nearest symmetry image; polar
+    origin removed): RMS over all and over the non-H sites, and the largest single shift (a sanity check on a
+    refinement against measured data, where no true structure is known)."""
+    non_h = np.array([e not in ("H", "D") for e in crystal.site_elements])
+    per_site = [metrics.asu_rmsd(crystal, refined, start, sites=[i]) for i in range(len(non_h))]
+    worst = int(np.argmax(per_site))
+    return {"rms_A": metrics.asu_rmsd(crystal, refined, start),
+            "rms_non_H_A": metrics.asu_rmsd(crystal, refined, start, sites=non_h) if non_h.any() else 0.0,
+            "max_A": float(per_site[worst]), "max_site": crystal.labels[worst]}
 
 
 def _plot(path: Path, theta_deg, thickness, title: str) -> None:
@@ -226,11 +238,15 @@ def run(args) -> dict:
         history += more
         timing[f"cycle{cycle}_s"] = time.perf_counter() - t3
     final = problem.summary(params)
+    shift = _structure_shift(crystal, atoms, problem.atoms(params))
+    log(f"structure moved from the start: RMS {shift['rms_A']:.3f} Å (non-H {shift['rms_non_H_A']:.3f}, "
+        f"largest {shift['max_A']:.3f} Å at {shift['max_site']})")
     thickness = np.asarray(problem.frame_thickness(params))
     theta = np.rad2deg(np.asarray(exp.theta))
     keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
-              "settings": dataclasses.asdict(settings), "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
+              "settings": dataclasses.asdict(settings), "bloch": dataclasses.asdict(bloch),
+              "precision": "float64" if jax.config.jax_enable_x64 else "float32", "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
               "thermal_absorption": args.thermal_absorption,
               "loss": f"{args.frame_loss} of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
@@ -239,7 +255,8 @@ def run(args) -> dict:
               "orientation_angles": args.orientation_angles if args.joint_tilts else None,
               "single_thickness_A": t_best, "thickness_scan": scan,
               "before": {k: before[k] for k in keys}, "after_orientation": {k: oriented[k] for k in keys},
-              "final": {k: final[k] for k in keys}, "mean_thickness_A": float(thickness.mean()),
+              "final": {k: final[k] for k in keys}, "structure_shift": shift,
+              "mean_thickness_A": float(thickness.mean()),
               "thickness_A": thickness.tolist(), "theta_deg": theta.tolist(), "timing_s": timing,
               "history": [h["loss"] for h in history]}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -265,6 +282,7 @@ def summary() -> None:
         absorbing = [f"κ {r['absorption']}"] if r.get("absorption") else []
         absorbing += ["TDS"] if r.get("thermal_absorption") else []
         label = tag + (f"; absorption {' + '.join(absorbing)}" if absorbing else "")
+        label += "; precession" if s.get("precession") else ""
         print(f"| {r['sample']} ({label}) | {r['frames']} | {s['n_samples']} | {beams} | "
               f"{s['g_max']}/{s['g_max_refine']} | {s.get('d_sg_min') or '–'} | "
               f"{f['R_obs']:.2%} | {f['wR_all']:.2%} | {means} | {f['N_obs']}, {f['N_all']} | "
