@@ -287,7 +287,20 @@ def _load(args, s):
                                cell_tolerance=s["cell_tolerance"], drop_bad_sigma=bool(s["drop_bad_sigma"]))
     for w in caught:
         print(f"jaxed: warning: {w.message}", file=sys.stderr)
+    _print_geometry(problem[2], exp, s["geometry"])
     return problem
+
+
+def _print_geometry(data, exp, geometry: str) -> None:
+    """One line on how each frame is integrated, and whether that came from the file or from --geometry."""
+    import numpy as np
+
+    precession = exp.precession if exp.precession is not None else "precession" in str(data.geometry).lower()
+    semi = exp.semi_angle_deg if exp.semi_angle_deg is not None else float(np.max(np.abs(data.precession_angle)))
+    what = f"a precession cone of {semi:g}°" if precession else f"a rotation of ±{semi:g}° about the tilt axis"
+    source = (f"the file says '{data.geometry}'" if geometry == "file"
+              else f"--geometry {geometry}; the file says '{data.geometry}'")
+    print(f"jaxed: each frame integrated over {what}, {exp.n_samples} samples ({source})")
 
 
 def _print_summary(report: dict) -> None:
