@@ -321,6 +321,29 @@ def _parse_details(text: str) -> tuple[str, dict]:
     return geometry, details
 
 
+def _check_rotation_width(where: str, geometry: str, details: dict, frame_id, alpha, semi) -> None:
+    """Warn when a 'continuous rotation' file's per-frame angle is not the half-width its virtual frames span.
+
+    A virtual frame of m raw frames, s raw frames apart from the next, spans m·Δα/s for a tilt step Δα between
+    virtual frames, so its semi-angle is m·Δα/(2s) (CsPbBr₃: 6·2.0°/8 = 1.5°, as listed). A listed angle far from
+    that is not a rotation range — a precession series exported with the continuous-rotation label (the paracetamol
+    file: 1 frame, step 1, Δα ≈ 1.5°, angle 1.4° — a precession cone, tests/test_precession.py)."""
+    merged, step = details.get("number of merged frames"), details.get("step between frames")
+    if "rotation" not in geometry.lower() or not isinstance(merged, float) or not isinstance(step, float):
+        return
+    order = np.argsort(frame_id)
+    d_alpha = np.abs(np.diff(np.asarray(alpha, float)[order]))
+    if merged < 1 or step < 1 or len(d_alpha) < 2 or not np.all(np.isfinite(semi)):
+        return
+    spacing = float(np.median(d_alpha))
+    implied, listed = merged * spacing / (2 * step), float(np.median(np.abs(semi)))
+    if implied > 0 and not 1 / 1.5 <= listed / implied <= 1.5:
+        warnings.warn(f"{where}: the measurement details say '{geometry}' with {merged:g} merged frame(s), step "
+                      f"{step:g}, so frames {spacing:.2f}° apart span ±{implied:.2f}°, but "
+                      f"{_FRAME_PREFIX}precession_angle is {listed:g}°: a precession series? (--geometry precession "
+                      "integrates over a cone)", stacklevel=3)
+
+
 class _Reader:
     """Holds the file name and the block so that every message names them the same way."""
 
@@ -488,6 +511,9 @@ def read_pets(path: str | Path, *, cell_tolerance: float = 0.01, drop_bad_sigma:
         warnings.warn(f"{where}: {_FRAME_PREFIX}u/v/w of frame {frame_id[worst]} is {off[worst]:.3f}° from the beam "
                       f"given by UB, alpha, beta ({int(np.sum(off > _UVW_WARN_DEG))} frames beyond "
                       f"{_UVW_WARN_DEG}°); the UB geometry is used", stacklevel=2)
+
+    _check_rotation_width(where, geometry or "continuous rotation", details, frame_id, frames["alpha"],
+                          frames["precession_angle"])
 
     # reflections
     refl = r.loop(_REFL_PREFIX, _REFL_TAGS)
