@@ -18,7 +18,10 @@ neither under- nor over-estimates by more than 3×). With absorption (first orde
 holds B_a, W = Cᴴ B_a C, the complex eigenvalues' exponentials and their cotangents: measured 16–19 (gradient) and
 5.0 (forward) N×N complex arrays per sample for N = 16–56, modelled as :data:`ABSORPTION_MATRICES_PER_SAMPLE` and
 :data:`ABSORPTION_FORWARD_MATRICES` (without this term the automatic chunk size of a CsPbBr₃ absorption refinement
-asked for 30 GB on a 23 GB host).
+asked for 30 GB on a 23 GB host). The process's peak RSS in a real refinement is ≈ 1.5× XLA's count: paracetamol
+with TDS absorption in complex64 (≤ 160 beams, 96 precession samples, 5 frames per chunk) peaked at 4.5 GB,
+≈ 0.67 GB per frame = 34 N×N arrays per sample, and with 22 the automatic chunk (26 frames) was killed for memory on
+24 GB; hence 34.
 :func:`frames_per_batch` turns it into the number of frames one device step can hold, and raises a one-line
 :class:`JaxedInputError` saying how much is needed when not even one frame fits.
 """
@@ -39,7 +42,7 @@ __all__ = ["blas_threads", "with_blas_threads", "bytes_per_frame", "available_me
 #: N×N complex arrays alive per rocking sample in forward + gradient (besides 2 n_t for thickness-dependent terms).
 MATRICES_PER_SAMPLE = 4
 #: The same with absorption (gradient, forward alone), besides the 2 n_t (n_t) thickness-dependent terms.
-ABSORPTION_MATRICES_PER_SAMPLE = 22
+ABSORPTION_MATRICES_PER_SAMPLE = 34
 ABSORPTION_FORWARD_MATRICES = 6
 #: Share of the device memory the forward/gradient working set may use (the rest: XLA buffers, params, data).
 MEMORY_FRACTION = 0.6

@@ -69,11 +69,15 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
     assert frames_per_batch(59, 850, 60, memory_bytes=16 * 1024**3) == 2
     assert frames_per_batch(99, 40, 42, memory_bytes=8 * 1024**3) == 99
     assert frames_per_batch(99, 104, 42, memory_bytes=8 * 1024**3, n_devices=4) == 99
-    # absorption: 24 instead of 6 N×N arrays per sample with the gradient, so 4× the memory per frame
-    assert bytes_per_frame(850, 60, absorption=True) == pytest.approx(4 * bytes_per_frame(850, 60), rel=0.01)
+    # absorption: 36 instead of 6 N×N arrays per sample with the gradient, so 6× the memory per frame
+    assert bytes_per_frame(850, 60, absorption=True) == pytest.approx(6 * bytes_per_frame(850, 60), rel=0.01)
     # the full CsPbBr₃ run (59 frames, 248 beams, 30 samples, 23 GiB host): elastic in one call, absorption in chunks
+    # of 13 (measured: 12 frames per chunk peaked at 12.2 GB RSS, results/table2.md)
     assert frames_per_batch(59, 248, 30, memory_bytes=23 * 1024**3) == 59
-    assert frames_per_batch(59, 248, 30, memory_bytes=23 * 1024**3, absorption=True) == 20
+    assert frames_per_batch(59, 248, 30, memory_bytes=23 * 1024**3, absorption=True) == 13
+    # paracetamol with TDS in complex64 (160 beams, 96 cone samples, 20 GiB free): 18 frames ≈ 12 GB at the measured
+    # 0.67 GB per frame (the old constant, 22, chose 26 and the run was killed for memory)
+    assert frames_per_batch(50, 160, 96, memory_bytes=20 * 1024**3, absorption=True, complex_bytes=8) == 18
     with pytest.raises(JaxedInputError, match=r"one frame needs ≈ 3\.9 GiB \(850 beams × 60 samples") as info:
         frames_per_batch(59, 850, 60, memory_bytes=4 * 1024**3)
     assert "\n" not in str(info.value)
