@@ -36,7 +36,8 @@ SPEC = SAMPLES["paracetamol"]
 
 
 def _problem(frames: str | None, *, precession: bool, n_samples: int, r_sg: float | None, max_beams: int | None,
-             d_sg: float | None = None, thickness: float = 450.0) -> Refinement:
+             d_sg: float | None = None) -> Refinement:
+    """The published structure with one thickness (set per evaluation by :func:`_line`) on the chosen frames."""
     settings = ExperimentSettings(g_max=SPEC["g_max"], sg_max=SPEC["sg_max"], g_max_refine=SPEC["g_max_refine"],
                                   r_sg_max=r_sg, d_sg_min=d_sg, n_samples=n_samples, beam_selection="sample",
                                   max_beams=max_beams, precession=precession)
@@ -44,7 +45,7 @@ def _problem(frames: str | None, *, precession: bool, n_samples: int, r_sg: floa
         warnings.simplefilter("ignore")
         crystal, atoms, _, exp, bloch = load_problem(SHARED / SPEC["structure"]["Pbca"], SHARED / SPEC["data"],
                                                      frames=frames, exp_settings=settings, log=lambda s: None)
-    return Refinement(crystal, atoms, exp, bloch, RefineConfig(thickness_model="single", thickness_init=thickness))
+    return Refinement(crystal, atoms, exp, bloch, RefineConfig(thickness_model="single"))
 
 
 def _line(label: str, problem: Refinement, thickness: float) -> str:

@@ -36,8 +36,8 @@ jax.config.update("jax_enable_x64", "--float32" not in sys.argv)
 import numpy as np  # noqa: E402
 
 from jaxed import metrics, objective, orientation  # noqa: E402
-from jaxed.experiment import (ExperimentSettings, prepare_experiment, reselect_sample_beams,  # noqa: E402
-                             tilt_matrices)
+from jaxed.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment,  # noqa: E402
+                             reselect_sample_beams, tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
@@ -71,9 +71,6 @@ SAMPLES = {
                         data="pets/paracetamol_formII.cif_pets", g_max=1.4, g_max_refine=1.2, sg_max=0.01,
                         r_sg_max=0.5, samples=96, t_grid=(200, 800, 100), geometry="precession"),
 }
-
-
-GEOMETRY = {"file": None, "rotation": False, "precession": True}  # ExperimentSettings.precession
 
 
 def _scan_thickness(problem: Refinement, grid) -> tuple[float, list]:
@@ -139,7 +136,7 @@ def run(args) -> dict:
                                   g_min_refine=args.g_min_refine,
                                   n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
                                   beam_selection=args.beams, d_sg_min=args.d_sg,
-                                  precession=GEOMETRY[args.geometry or spec.get("geometry", "file")])
+                                  precession=GEOMETRIES[args.geometry or spec.get("geometry", "file")])
     tag = args.tag or f"{args.sample}_{hand}"
     log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     with warnings.catch_warnings():
@@ -246,7 +243,8 @@ def run(args) -> dict:
     keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
     result = {"tag": tag, "sample": args.sample, "hand": hand, "command": "python " + shlex.join(sys.argv),
               "settings": dataclasses.asdict(settings), "bloch": dataclasses.asdict(bloch),
-              "precision": "float64" if jax.config.jax_enable_x64 else "float32", "frames": exp.n_frames, "beams_padded": int(exp.matrix_size),
+              "precision": "float64" if jax.config.jax_enable_x64 else "float32", "frames": exp.n_frames,
+              "beams_padded": int(exp.matrix_size),
               "model": args.model, "epochs": len(history), "absorption": args.absorption,
               "thermal_absorption": args.thermal_absorption,
               "loss": f"{args.frame_loss} of per-frame wR_all" if args.per_frame_mean else "pooled wR_all",
@@ -315,7 +313,7 @@ def main() -> None:
                     help="frames per device step of the refinement (0: jaxed.batching's memory model)")
     ap.add_argument("--g-min-refine", type=float, default=0.0,
                     help="reflections used: |g| ≥ this [1/Å] (a low-resolution cut; 0: none)")
-    ap.add_argument("--geometry", choices=sorted(GEOMETRY),
+    ap.add_argument("--geometry", choices=sorted(GEOMETRIES),
                     help="rotation or precession integration (default: the sample's; quartz, CsPbBr3: the file's)")
     ap.add_argument("--float32", action="store_true", help="single precision (complex64 Bloch waves)")
     ap.add_argument("--max-beams", type=int, help="cap on beams per frame (per sample with --beams sample)")

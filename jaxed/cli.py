@@ -186,7 +186,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of one Bloch matrix (unset: none)")
     p.add_argument("--semi-angle", type=_positive(float), default=None,
                    help="integration semi-angle [deg] (default: the file's precession_angle column)")
-    p.add_argument("--geometry", choices=("file", "rotation", "precession"), default=None,
+    p.add_argument("--geometry", choices=("file", "rotation", "precession"), default=None,  # experiment.GEOMETRIES
                    help="integration over a rotation about the tilt axis or a precession cone (default: what the "
                    "file's measurement details say)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
@@ -271,14 +271,14 @@ def _progress(args) -> bool:
 def _load(args, s):
     import warnings
 
-    from jaxed.experiment import ExperimentSettings
+    from jaxed.experiment import GEOMETRIES, ExperimentSettings
     from jaxed.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
                              g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"],
                              n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
                              beam_selection=s["beams"], max_beams=s["max_beams"],
-                             precession={"file": None, "rotation": False, "precession": True}[s["geometry"]])
+                             precession=GEOMETRIES[s["geometry"]])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],
@@ -295,7 +295,9 @@ def _print_geometry(data, exp, geometry: str) -> None:
     """One line on how each frame is integrated, and whether that came from the file or from --geometry."""
     import numpy as np
 
-    precession = exp.precession if exp.precession is not None else "precession" in str(data.geometry).lower()
+    from jaxed.experiment import uses_precession
+
+    precession = uses_precession(exp, data)
     semi = exp.semi_angle_deg if exp.semi_angle_deg is not None else float(np.max(np.abs(data.precession_angle)))
     what = f"a precession cone of {semi:g}°" if precession else f"a rotation of ±{semi:g}° about the tilt axis"
     source = (f"the file says '{data.geometry}'" if geometry == "file"

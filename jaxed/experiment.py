@@ -29,7 +29,7 @@ from jaxed.errors import JaxedInputError
 from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
-           "frame_orientations", "take_frames", "reselect_sample_beams"]
+           "frame_orientations", "take_frames", "reselect_sample_beams", "GEOMETRIES", "uses_precession"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,18 @@ class ExperimentSettings:
     energy_kev: float | None = None
     quadrature: str = "midpoint"
     beam_selection: str = "frame"
+
+
+#: The ``geometry`` setting (config, ``--geometry``) → :attr:`ExperimentSettings.precession` (None: from the file).
+GEOMETRIES = {"file": None, "rotation": False, "precession": True}
+
+
+def uses_precession(settings: ExperimentSettings, data) -> bool:
+    """Whether ``data``'s frames are integrated over a precession cone: the settings' choice, else the file's
+    measurement details (``data.geometry``)."""
+    if settings.precession is not None:
+        return bool(settings.precession)
+    return "precession" in str(getattr(data, "geometry", "")).lower()
 
 
 QUADRATURES = ("midpoint", "gauss")
@@ -193,9 +205,7 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
         base = orientations
     semi = (np.full(n_frames, settings.semi_angle_deg) if settings.semi_angle_deg is not None
             else np.asarray(data.precession_angle, dtype=np.float64))
-    precession = settings.precession
-    if precession is None:
-        precession = "precession" in str(getattr(data, "geometry", "")).lower()
+    precession = uses_precession(settings, data)
     samples = _sample_rotations(n_frames, semi, settings.n_samples, precession, settings.quadrature)
     weights = None
     if settings.quadrature != "midpoint" and not precession:

@@ -24,7 +24,7 @@ import numpy as np
 from jaxed.bloch import BlochSettings
 from jaxed.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment
+from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
 from jaxed.geometry import _hkl_within, excitation_errors, rotation_x, rotation_y
 from jaxed.parameters import StructureModel
 
@@ -114,7 +114,7 @@ def synthesize(crystal: Crystal, atoms: AtomParams, frames, thickness: np.ndarra
     thickness = np.asarray(thickness, float)
     if thickness.shape != (len(frames.alpha),) or np.any(~np.isfinite(thickness)) or np.any(thickness <= 0):
         raise JaxedInputError(f"thickness: expected {len(frames.alpha)} positive values, got shape {thickness.shape}")
-    precession = "precession" in str(frames.geometry).lower() if settings.precession is None else settings.precession
+    precession = uses_precession(settings, frames)
     hkl, frame_index = _excited_reflections(frames, settings.g_max_refine, r_sg_max, precession)
     full = dataclasses.replace(frames, hkl=hkl, intensity=np.ones(len(hkl)), sigma=np.ones(len(hkl)),
                                frame_index=frame_index)
