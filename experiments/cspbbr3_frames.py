@@ -2,7 +2,8 @@
 
 For the refined structure and ThicknessNN of a run (its checkpoint and searched orientations):
 
-* ``values``: per-frame R_obs and wR_all (each at its own best scale), worst first;
+* ``values``: per-frame R_obs and wR_all (each at its own best scale; reflections above ``--g-min``, the run's
+  absorption flags), worst first;
 * ``tilts``: for chosen frames, a grid of tilts θ ∈ {0.1 … 1.0}°, φ every 30° about the searched orientation;
 * ``beams``: chosen frames (or ``--frames all``: the aggregates, runs with joint tilts too) with larger beam sets
   (``--beam-sets``, default sg_max 0.02 / 0.03, g_max 2.3), with the run's absorption flags;
@@ -12,6 +13,16 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``kappa``: the run's model (reflections above ``--g-min``) evaluated at each absorption κ of ``--kappas``, not
   refitted: how much a different proportional absorption would change the fit; with ``--thermal-absorption`` the
   Einstein-model TDS absorptive potential is added (κ = 0: TDS alone);
+* ``samples`` / ``scattering``: the run's model (all frames, reflections above ``--g-min``, the run's absorption
+  flags) evaluated with other rocking-sample counts (``--sample-counts``) / with the Lobato and the Peng (ITC)
+  electron form factors, not refitted;
+* ``structure``: the run's thickness, tilts and orientations with another refined structure (``--structures``,
+  default diffBloch's own CsPbBr₃ refinement with absorption, experiments/reference/): is the gap in the structure
+  or elsewhere; also the site shifts and ‖ΔU‖_F between the two;
+* ``search``: chosen frames (or ``worst:K``, the K of highest R_obs) of the run's model, its joint tilts folded into
+  the orientations, searched again with the structure and thickness fixed (``--searches``: Nelder–Mead, three
+  angles, from ``--nm-step``; the hexagonal scan from that θ): whether a frame sits in a worse orientation minimum
+  than one nearby; ``--save-orientations`` writes every frame's orientation for a further table2.py cycle;
 * ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
   absorption propagated perturbatively (the refinement's path, with ``--slices`` thickness slices) vs exactly
   (matrix exponential): the error of the perturbative path on this crystal, as Σ|ΔI| / ΣI per frame (the
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -36,10 +48,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import RESULTS, SAMPLES, SHARED  # noqa: E402
 
-from jaxed import objective  # noqa: E402
+from jaxed import metrics, objective  # noqa: E402
 from jaxed import orientation as ori  # noqa: E402
 from jaxed.errors import JaxedInputError  # noqa: E402
-from jaxed.experiment import ExperimentSettings, integrated_intensities, reselect_sample_beams  # noqa: E402
+from jaxed.experiment import (ExperimentSettings, integrated_intensities, reselect_sample_beams,  # noqa: E402
+                              tilt_matrices)
 from jaxed.geometry import rotation_x, rotation_z  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
@@ -48,21 +61,25 @@ from jaxed.workflow import load_problem  # noqa: E402
 FRAMES_PER_BATCH = 0  # --frames-per-batch
 
 
-def _load(frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
-    """The CIF structure and the data of the full runs' settings, on the chosen frames: load_problem's tuple."""
+def _load(frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False, samples=30,
+          scattering="lobato", structure=None):
+    """The CIF structure (or ``structure``) and the data of the full runs' settings, on the chosen frames:
+    load_problem's tuple."""
     spec = SAMPLES["cspbbr3"]
-    settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=30,
+    settings = ExperimentSettings(g_max=g_max, sg_max=sg_max, g_max_refine=2.0, r_sg_max=0.66, n_samples=samples,
                                   beam_selection="sample", d_sg_min=0.0015, g_min_refine=g_min)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_problem(SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"], frames=frames,
+        return load_problem(structure or SHARED / spec["structure"]["Pbnm"], SHARED / spec["data"], frames=frames,
                             exp_settings=settings, log=lambda s: None, absorption=absorption,
-                            thermal_absorption=thermal)
+                            thermal_absorption=thermal, scattering=scattering)
 
 
-def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False):
+def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, absorption=0.0, thermal=False,
+             samples=30, scattering="lobato", structure=None):
     """The refined model of run ``tag`` (its joint tilts too, if it refined them) on the chosen frames."""
-    crystal, atoms, _, exp, bloch = _load(frames, sg_max, g_max, g_min, absorption, thermal)
+    crystal, atoms, _, exp, bloch = _load(frames, sg_max, g_max, g_min, absorption, thermal, samples, scattering,
+                                          structure)
     orients = np.load(RESULTS / f"{tag}_orientations.npy")
     if frames is not None:
         orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
@@ -79,11 +96,42 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
         return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
 
 
+def _folded(tag: str, frames: str, **kw):
+    """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs), its joint
+    tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which move
+    the orientation, start from them). Returns (problem, params, the frames' indices, every frame's folded
+    orientation)."""
+    full, p = _problem(tag, None, **kw)
+    exp = full.experiment
+    base = np.asarray(exp.base_orientation)
+    if "orientation" in p:
+        base = np.einsum("fij,fjk->fik", np.asarray(tilt_matrices(p["orientation"])), base)
+    if frames.startswith("worst:"):
+        r_obs = objective.frame_values(full.intensities(p), full.obs)["R_obs"]
+        idx = np.sort(np.argsort(-r_obs)[: int(frames.split(":")[1])])
+    else:
+        idx = np.array(sorted(int(f) - 1 for f in frames.split(",")))
+    sub = ori.select_frames(dataclasses.replace(exp, base_orientation=base), idx)
+    sub = reselect_sample_beams(sub, full.crystal)
+    problem = Refinement(full.crystal, full.atoms(p), sub, full.bloch,
+                         dataclasses.replace(full.config, refine_orientation=False))
+    q = {k: v for k, v in p.items() if k != "orientation"}
+    q["structure"] = problem.params0["structure"]  # the refined structure is this problem's start (ξ = 0)
+    return problem, q, idx, base
+
+
+def _print_model(name, problem, params):
+    r = problem.summary(params)
+    print(f"{name}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
+          f"{r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
-                    choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact"))
+                    choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact", "samples", "scattering",
+                             "structure", "search"))
     ap.add_argument("--frames", default="5,19,21,29,35,41",
                     help="frames (1-based) for tilts and beams; beams: 'all' for every frame and the aggregates")
     ap.add_argument("--beam-sets", default="0.01:2.0,0.02:2.0,0.03:2.0,0.02:2.3",
@@ -94,6 +142,15 @@ def main() -> None:
     ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
     ap.add_argument("--thermal-absorption", action="store_true",
                     help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.absorption)")
+    ap.add_argument("--structures", default=str(Path(__file__).resolve().parent / "reference"
+                                                 / "diffbloch_cspbbr3_absorption_refined.cif"),
+                    help="structure: CIFs (comma-separated) whose sites and ADPs replace the run's refined ones")
+    ap.add_argument("--nm-step", type=float, default=0.3, help="search: Nelder–Mead's initial simplex step [deg]")
+    ap.add_argument("--maxfev", type=int, default=200, help="search: Nelder–Mead's evaluations per frame")
+    ap.add_argument("--searches", default="nelder-mead,hexagonal", help="search: which searches, in turn")
+    ap.add_argument("--save-orientations", help="search: write every frame's orientation (.npy) after the search, "
+                    "for table2.py --orientations-from with --init-from ... --init-without-tilts")
+    ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
     ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the perturbative path")
     args = ap.parse_args()
@@ -121,6 +178,57 @@ def main() -> None:
             print(f"κ = {kappa}{' + TDS' if args.thermal_absorption else ''}: frame means R_obs "
                   f"{r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
+    if "samples" in args.check or "scattering" in args.check:
+        runs = ([dict(samples=int(n)) for n in args.sample_counts.split(",")] if "samples" in args.check else [])
+        runs += [dict(scattering=f) for f in ("lobato", "peng")] if "scattering" in args.check else []
+        for kw in runs:
+            problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
+                                  thermal=args.thermal_absorption, **kw)
+            r = problem.summary(p)
+            print(f"{kw}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
+                  f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
+    if "structure" in args.check:
+        kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
+        ours, p = _problem(args.tag, None, **kw)
+        _print_model("the run's own structure", ours, p)
+        mine = ours.atoms(p)
+        for path in args.structures.split(","):
+            other, _ = _problem(args.tag, None, structure=path, **kw)
+            q = {**p, "structure": other.params0["structure"]}
+            theirs = other.atoms(q)
+            sites = range(len(ours.crystal.labels))
+            per_site = [metrics.asu_rmsd(ours.crystal, theirs, mine, sites=[i]) for i in sites]
+            dU = [metrics.adp_frobenius(ours.crystal, theirs, mine, sites=[i]) for i in sites]
+            print(f"{Path(path).name} vs the run's structure: site shifts [Å] "
+                  f"{dict(zip(ours.crystal.labels, np.round(per_site, 4).tolist()))}, ‖ΔU‖_F [Å²] "
+                  f"{dict(zip(ours.crystal.labels, np.round(dU, 4).tolist()))}")
+            _print_model(f"{Path(path).name} with the run's thickness, tilts", other, q)
+    if "search" in args.check:
+        problem, q, idx, base = _folded(args.tag, args.frames, g_min=args.g_min, absorption=args.absorption,
+                                        thermal=args.thermal_absorption)
+        before = objective.frame_values(problem.intensities(q), problem.obs)
+        print(f"frames {(idx + 1).tolist()}, the run's orientations (tilts folded in): R_obs "
+              f"{np.round(before['R_obs'], 4)} wR_all {np.round(before['wR_all'], 4)}", flush=True)
+        searches = {"nelder-mead": lambda pr: ori.nelder_mead(pr, q, initial_step_deg=args.nm_step,
+                                                               maxfev=args.maxfev),
+                    "hexagonal": lambda pr: ori.hexagonal_scan(pr, q, theta0_deg=args.nm_step)}
+        for name in args.searches.split(","):
+            t0 = time.perf_counter()
+            exp, info = searches[name](problem)
+            moved = Refinement(problem.crystal, problem.atoms(q), reselect_sample_beams(exp, problem.crystal),
+                               problem.bloch, problem.config)
+            after = objective.frame_values(moved.intensities(q), moved.obs)
+            turn = ori.misorientation_deg(np.asarray(exp.base_orientation),
+                                          np.asarray(problem.experiment.base_orientation))
+            print(f"  after {name} ({args.nm_step}°, {time.perf_counter() - t0:.0f} s): R_obs "
+                  f"{np.round(after['R_obs'], 4)} wR_all {np.round(after['wR_all'], 4)}; moved {np.round(turn, 3)}°; "
+                  f"mean R_obs {before['R_obs'].mean():.4f} → {after['R_obs'].mean():.4f}, wR_all "
+                  f"{before['wR_all'].mean():.4f} → {after['wR_all'].mean():.4f}", flush=True)
+            if args.save_orientations:  # every frame: the run's (tilts folded in), the searched ones replaced
+                out = base.copy()
+                out[idx] = np.asarray(exp.base_orientation)
+                np.save(args.save_orientations, out)
+                print(f"  orientations of all {len(out)} frames → {args.save_orientations}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
             problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption,
@@ -130,7 +238,8 @@ def main() -> None:
                   f"wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}", flush=True)
     if "values" in args.check:
-        problem, p = _problem(args.tag, None)
+        problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
+                              thermal=args.thermal_absorption)
         v = objective.frame_values(problem.intensities(p), problem.obs)
         theta = np.rad2deg(np.asarray(problem.experiment.theta))
         for k in np.argsort(-v["R_obs"]):

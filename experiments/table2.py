@@ -197,10 +197,17 @@ def run(args) -> dict:
                           frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
-        try:  # and from its joint tilts, when it refined them
+        try:  # and from its joint tilts, when it refined them (unless --init-without-tilts: they are folded into
+            if args.init_without_tilts:  # the --orientations-from file already, e.g. cspbbr3_frames.py --check search)
+                raise JaxedInputError("tilts not wanted")
             start = load_params(args.init_from, problem.params0)
         except JaxedInputError:
-            start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
+            try:
+                start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
+            except JaxedInputError:  # a run with joint tilts: take its parameters without them
+                template = dict(problem.params0, orientation=jax.numpy.zeros((exp.n_frames, args.orientation_angles)))
+                start = load_params(args.init_from, template)
+                start.pop("orientation")
         problem.params0 = dict(problem.params0, **start)
         log(f"structure and thickness model from {args.init_from}")
     t2 = time.perf_counter()
@@ -221,9 +228,21 @@ def run(args) -> dict:
             params = dict(params, orientation=jax.numpy.zeros_like(params["orientation"]))
         fixed = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(
             config, refine_orientation=False, lr_groups=tuple(g for g in config.lr_groups if g[0] != "orientation")))
-        corrected, _ = orientation.hexagonal_scan(fixed, {k: v for k, v in params.items() if k != "orientation"},
-                                                  theta0_deg=0.05, theta_min_deg=args.theta_min,
-                                                  max_rounds=args.max_rounds, log=log)
+        fixed_params = {k: v for k, v in params.items() if k != "orientation"}
+        if args.cycle_search == "hexagonal":
+            corrected, _ = orientation.hexagonal_scan(fixed, fixed_params, theta0_deg=0.05,
+                                                      theta_min_deg=args.theta_min, max_rounds=args.max_rounds, log=log)
+        else:  # Nelder–Mead (three angles) on the frames the refined model fits worst: other minima, not the nearest
+            v = objective.frame_values(fixed.intensities(fixed_params), fixed.obs)
+            worst = np.sort(np.argsort(-v["R_obs"])[: args.cycle_frames or exp.n_frames])
+            sub = Refinement(crystal, atoms, reselect_sample_beams(orientation.select_frames(exp, worst), crystal),
+                             bloch, fixed.config)
+            found, info = orientation.nelder_mead(sub, fixed_params, initial_step_deg=args.nm_step, log=log)
+            base = np.asarray(exp.base_orientation).copy()
+            base[worst] = np.asarray(found.base_orientation)
+            corrected = dataclasses.replace(exp, base_orientation=base)
+            log(f"cycle {cycle}: Nelder–Mead ({args.nm_step}°) on {len(worst)} frames: mean frame wR "
+                f"{info['frame_wr_start'].mean():.4f} → {info['frame_wr_end'].mean():.4f}")
         exp = reselect_sample_beams(corrected, crystal)
         problem = Refinement(crystal, atoms, exp, bloch, config)
         problem.params0 = params  # continue from the refined parameters
@@ -352,6 +371,10 @@ def main() -> None:
     ap.add_argument("--start", choices=("pets", "reference"), default="pets",
                     help="quartz: start from the file's orientations or the reference paper's authors' optimised ones "
                     "(reflections selected there, as in quartz_parity.py)")
+    ap.add_argument("--cycle-search", choices=("hexagonal", "nelder-mead"), default="hexagonal",
+                    help="the orientation search between cycles: the fine hexagonal scan (θ from 0.05°, all frames) "
+                         "or Nelder–Mead from --nm-step on the --cycle-frames frames of highest R_obs")
+    ap.add_argument("--cycle-frames", type=int, default=0, help="with --cycle-search nelder-mead: how many (0: all)")
     ap.add_argument("--cycles", type=int, default=1,
                     help="refinement cycles; each after the first re-scans orientations with the refined model")
     ap.add_argument("--thickness", type=float,
@@ -359,6 +382,8 @@ def main() -> None:
     ap.add_argument("--init-from", help="a <tag>.ckpt folder of an earlier run (same sample, frames, model): start "
                     "from its refined structure and thickness model")
     ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
+    ap.add_argument("--init-without-tilts", action="store_true",
+                    help="with --init-from: leave the earlier run's joint tilts out (start them at zero)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")

@@ -280,8 +280,8 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
     return reselect_sample_beams(experiment, crystal)  # the per-sample sets (a no-op for per-frame beams)
 
 
-def _pad_subsets(sub_lists: list, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    n_sub = max(len(b) for frame in sub_lists for b in frame)
+def _pad_subsets(sub_lists: list, n_samples: int, min_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    n_sub = max(max(len(b) for frame in sub_lists for b in frame), min_size)
     n_sub = -(-n_sub // 8) * 8
     sample_beams = np.zeros((len(sub_lists), n_samples, n_sub), np.int32)
     sample_mask = np.zeros((len(sub_lists), n_samples, n_sub), bool)
@@ -292,10 +292,11 @@ def _pad_subsets(sub_lists: list, n_samples: int) -> tuple[np.ndarray, np.ndarra
     return sample_beams, sample_mask
 
 
-def reselect_sample_beams(experiment: Experiment, crystal: Crystal) -> Experiment:
+def reselect_sample_beams(experiment: Experiment, crystal: Crystal, min_size: int = 0) -> Experiment:
     """The per-sample beam sets for the experiment's current frame orientations, from each frame's beam list (built
     by :func:`prepare_experiment`, recomputed after an orientation search moved the frames); unchanged for
-    per-frame beam sets. The padded size may change (one recompilation)."""
+    per-frame beam sets. The padded size may change (one recompilation); ``min_size`` keeps it from shrinking below
+    a size already compiled (the searches pass their starting size, so trial orientations reuse that kernel)."""
     if experiment.sample_selection is None:
         return experiment
     sg_max, max_beams = experiment.sample_selection
@@ -309,7 +310,7 @@ def reselect_sample_beams(experiment: Experiment, crystal: Crystal) -> Experimen
         frame_beams = hkl[i][mask[i]]
         subs.append(_sample_subsets(frame_beams, int(refl_mask[i].sum()), np.asarray(experiment.sample_rotations[i]),
                                     np.asarray(experiment.base_orientation[i]) @ recip, k, sg_max, max_beams))
-    sample_beams, sample_mask = _pad_subsets(subs, n_samples)
+    sample_beams, sample_mask = _pad_subsets(subs, n_samples, min_size)
     return dataclasses.replace(experiment, sample_beams=sample_beams, sample_beam_mask=sample_mask)
 
 

@@ -47,8 +47,10 @@ def with_corrections(experiment: Experiment, corrections: np.ndarray) -> Experim
 def _moved(problem, experiment: Experiment, corrections: np.ndarray) -> Experiment:
     """``experiment`` with corrections applied and, with per-sample beam sets, each sample's beams selected at the
     corrected orientation (host, ≈ 0.1 s for 99 quartz frames): a trial orientation is scored with the beams it
-    excites, not those of the starting orientation."""
-    return reselect_sample_beams(with_corrections(experiment, corrections), problem.crystal)
+    excites, not those of the starting orientation. The padded size never shrinks below the starting one, so the
+    trials of a search compile a kernel only when one needs more beams than any before it."""
+    start = 0 if experiment.sample_beams is None else int(np.shape(experiment.sample_beams)[-1])
+    return reselect_sample_beams(with_corrections(experiment, corrections), problem.crystal, min_size=start)
 
 
 def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed import objective
+from jaxed import batching, objective
 from jaxed.batching import MATRICES_PER_SAMPLE
 from jaxed.bloch import BlochSettings
 from jaxed.constants import wavelength as _wavelength
@@ -174,8 +174,9 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
             else float(np.max(np.abs(data.precession_angle))))
     if exp_settings.beam_selection == "sample":
         semi = 0.0  # each sample's matrix holds only its own slab |s_g| ≤ sg_max (no widening by the rocking range)
-    check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, len(data.alpha), exp_settings.n_samples,
-                 semi)
+    # One frame, not all: the refinement and the evaluation run the frames in chunks sized to the memory
+    # (jaxed.batching.frames_per_batch), so a problem is out of reach only when one frame's matrices do not fit.
+    check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, 1, exp_settings.n_samples, semi)
     experiment = prepare_experiment(data, crystal, exp_settings)
     if not np.asarray(experiment.refl_mask).any():
         raise JaxedInputError(f"{data_path}: no reflections left after the selection (g_max_refine, R_Sg)")
@@ -309,7 +310,12 @@ def evaluate(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     t = jnp.full((experiment.n_frames,), float(thickness))
-    i_calc = jax.jit(integrated_intensities, static_argnames="settings")(atoms, crystal, experiment, t, bloch)
+    chunk = batching.frames_per_batch(experiment.n_frames, experiment.matrix_size,
+                                      int(np.shape(experiment.sample_rotations)[1]), gradient=False,
+                                      complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
+                                      n_devices=batching.frame_devices(experiment), absorption=bloch.absorbing)
+    i_calc = jax.jit(integrated_intensities, static_argnames=("settings", "frames_per_batch"))(
+        atoms, crystal, experiment, t, bloch, frames_per_batch=chunk)
     obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),
                                          jnp.asarray(experiment.refl_mask))
     summary = objective.summary(i_calc, obs)

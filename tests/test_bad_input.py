@@ -188,7 +188,33 @@ def test_absurd_g_max_is_refused_before_allocating(tmp_path, capsys):
                     "--out", tmp_path / "s.csv"], capsys, "--g-max 60", "GB")
     assert time.perf_counter() - t0 < 20.0, "refused only after real work"
     need = float(line.split("≈ ")[1].split(" GB")[0])
-    assert need > 1e6 and "beams per matrix" in line and "beams per matrix" in line2
+    assert need > 1e5 and "beams per matrix" in line and "beams per matrix" in line2  # one frame alone: ~4e5 GB
+
+
+def test_memory_check_asks_for_one_frame_because_frames_run_in_chunks(monkeypatch):
+    # The refinement and the evaluation run the frames in memory-sized chunks (jaxed.batching), so loading must
+    # refuse only settings whose single frame does not fit: with room for 1.5 frames, 3 frames load; with room for
+    # half a frame, loading refuses in one line.
+    import warnings
+
+    from jaxed import workflow
+    from jaxed.crystal import load_structure
+    from jaxed.experiment import ExperimentSettings
+    from jaxed.pets import read_pets
+
+    settings = ExperimentSettings(g_max=1.6, sg_max=0.01, n_samples=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        semi = float(np.max(np.abs(read_pets(PETS).precession_angle)))
+        one, _ = workflow.estimate_bloch_bytes(load_structure(QUARTZ)[0].volume, 1.6, 0.01, 1, 5, semi)
+        for room, fits in ((1.5, True), (0.5, False)):
+            monkeypatch.setattr(workflow, "_memory_bytes", lambda room=room: room * one)
+            if fits:
+                exp = workflow.load_problem(QUARTZ, PETS, frames="1-3", exp_settings=settings, log=lambda s: None)[3]
+                assert exp.n_frames == 3
+            else:
+                with pytest.raises(workflow.JaxedInputError, match="1 frame"):
+                    workflow.load_problem(QUARTZ, PETS, frames="1-3", exp_settings=settings, log=lambda s: None)
 
 
 def test_memory_estimate_is_close_to_the_real_beam_count():
