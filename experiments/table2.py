@@ -237,7 +237,8 @@ def run(args) -> dict:
             worst = np.sort(np.argsort(-v["R_obs"])[: args.cycle_frames or exp.n_frames])
             sub = Refinement(crystal, atoms, reselect_sample_beams(orientation.select_frames(exp, worst), crystal),
                              bloch, fixed.config)
-            found, info = orientation.nelder_mead(sub, fixed_params, initial_step_deg=args.nm_step, log=log)
+            found, info = orientation.nelder_mead(sub, fixed_params, initial_step_deg=args.nm_step, log=log,
+                                                  max_about_beam_deg=args.max_about_beam)
             base = np.asarray(exp.base_orientation).copy()
             base[worst] = np.asarray(found.base_orientation)
             corrected = dataclasses.replace(exp, base_orientation=base)
@@ -374,6 +375,8 @@ def main() -> None:
     ap.add_argument("--cycle-search", choices=("hexagonal", "nelder-mead"), default="hexagonal",
                     help="the orientation search between cycles: the fine hexagonal scan (θ from 0.05°, all frames) "
                          "or Nelder–Mead from --nm-step on the --cycle-frames frames of highest R_obs")
+    ap.add_argument("--max-about-beam", type=float, default=None,
+                    help="with --cycle-search nelder-mead: bound on each frame's rotation about the beam [deg]")
     ap.add_argument("--cycle-frames", type=int, default=0, help="with --cycle-search nelder-mead: how many (0: all)")
     ap.add_argument("--cycles", type=int, default=1,
                     help="refinement cycles; each after the first re-scans orientations with the refined model")

@@ -123,8 +123,13 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
 
 
 def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
-                log=None) -> tuple[Experiment, dict]:
-    """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info)."""
+                max_about_beam_deg: float | None = None, log=None) -> tuple[Experiment, dict]:
+    """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info).
+
+    ``max_about_beam_deg`` bounds the rotation about the beam (ω, lab z): ω = B tanh(u/B) with u the searched
+    variable. A still frame does not see ω; under rocking integration it turns the rocking axis in the crystal, a
+    per-frame freedom that can fit the data with in-plane errors of many degrees, which PETS2's indexing of each
+    frame's spots rules out."""
     exp = problem.experiment
     fn = _make_frame_loss(problem, problem.atoms(params), None)
     thickness = np.asarray(problem.frame_thickness(params))
@@ -134,16 +139,20 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
         one = dataclasses.replace(select_frames(exp, [i]), frame_ids=(0,))  # same static data: one compilation
         t_i = jnp.asarray(thickness[i : i + 1])
 
+        def rotation(angles):
+            w, b, a = angles
+            if max_about_beam_deg is not None:
+                w = max_about_beam_deg * np.tanh(w / max_about_beam_deg)
+            w, b, a = np.deg2rad([w, b, a])
+            return np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
+
         def f(angles):
-            w, b, a = np.deg2rad(angles)
-            c = np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
-            return float(fn(_moved(problem, one, c[None]), t_i)[0])
+            return float(fn(_moved(problem, one, rotation(angles)[None]), t_i)[0])
 
         simplex = np.vstack([np.zeros(3), np.eye(3) * initial_step_deg])
         res = minimize(f, np.zeros(3), method="Nelder-Mead",
                        options={"initial_simplex": simplex, "xatol": xatol_deg, "fatol": 1e-7, "maxfev": maxfev})
-        w, b, a = np.deg2rad(res.x)
-        corr[i] = np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
+        corr[i] = rotation(res.x)
         start.append(f(np.zeros(3)))
         end.append(res.fun)
         fevals += res.nfev

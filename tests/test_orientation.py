@@ -195,3 +195,31 @@ def test_search_chain_rejects_unknown_searches_and_options(misoriented):
         search_orientations(*args, "nelder-mead+hexagnal", log=lambda s: None)
     with pytest.raises(JaxedInputError, match=r"\['max_round'\]: no search takes them"):
         search_orientations(*args, "hexagonal", log=lambda s: None, max_round=3)
+
+
+def test_nelder_mead_bounds_the_rotation_about_the_beam():
+    # Noise-free data at the nominal orientations, modelled with each frame turned 1.5° about the beam (lab z; with
+    # rocking integration this changes the intensities, weakly). Unbounded, the three-angle search turns a frame by
+    # > 0.15° about the beam; with max_about_beam_deg = 0.1 every turn about the beam stays ≤ 0.1° (tanh map, 1e-9)
+    # while the search still lowers each frame's wR_all.
+    from scipy.spatial.transform import Rotation
+
+    from jaxed.geometry import rotation_z
+
+    crystal, atoms, data, _ = _two_frames_and_their_true_angles()
+    exp = prepare_experiment(data, crystal, SETTINGS)
+    bloch = BlochSettings(exp.energy_kev)
+    turned = np.einsum("ij,fjk->fik", np.asarray(rotation_z(np.deg2rad(1.5))), np.asarray(exp.base_orientation))
+    synthetic = synthesize(crystal, atoms, data, np.full(2, 600.0), bloch, SETTINGS, noise=False)
+    problem = Refinement(crystal, atoms, prepare_experiment(synthetic, crystal, SETTINGS, orientations=turned), bloch,
+                         RefineConfig(thickness_model="single", thickness_init=600.0))
+    before = frame_losses(problem, problem.params0)
+    turns = {}
+    for bound in (None, 0.1):
+        found, info = nelder_mead(problem, problem.params0, initial_step_deg=0.3, maxfev=80, max_about_beam_deg=bound)
+        rel = np.einsum("fij,fkj->fik", np.asarray(found.base_orientation),
+                        np.asarray(problem.experiment.base_orientation))
+        turns[bound] = np.abs(np.degrees(Rotation.from_matrix(rel).as_rotvec()[:, 2]))
+        assert np.all(info["frame_wr_end"] < before)
+    assert np.all(turns[0.1] <= 0.1 + 1e-9), turns
+    assert np.max(turns[None]) > 0.15, turns
