@@ -103,21 +103,19 @@ def _folded(tag: str, frames: str, **kw):
     orientation)."""
     full, p = _problem(tag, None, **kw)
     exp = full.experiment
-    base = np.asarray(exp.base_orientation)
     if "orientation" in p:
-        base = np.einsum("fij,fjk->fik", np.asarray(tilt_matrices(p["orientation"])), base)
+        exp = ori.with_corrections(exp, tilt_matrices(p["orientation"]))
     if frames.startswith("worst:"):
         r_obs = objective.frame_values(full.intensities(p), full.obs)["R_obs"]
         idx = np.sort(np.argsort(-r_obs)[: int(frames.split(":")[1])])
     else:
         idx = np.array(sorted(int(f) - 1 for f in frames.split(",")))
-    sub = ori.select_frames(dataclasses.replace(exp, base_orientation=base), idx)
-    sub = reselect_sample_beams(sub, full.crystal)
+    sub = reselect_sample_beams(ori.select_frames(exp, idx), full.crystal)
     problem = Refinement(full.crystal, full.atoms(p), sub, full.bloch,
                          dataclasses.replace(full.config, refine_orientation=False))
     q = {k: v for k, v in p.items() if k != "orientation"}
     q["structure"] = problem.params0["structure"]  # the refined structure is this problem's start (ξ = 0)
-    return problem, q, idx, base
+    return problem, q, idx, np.asarray(exp.base_orientation)
 
 
 def _print_model(name, problem, params):
@@ -182,11 +180,8 @@ def main() -> None:
         runs = ([dict(samples=int(n)) for n in args.sample_counts.split(",")] if "samples" in args.check else [])
         runs += [dict(scattering=f) for f in ("lobato", "peng")] if "scattering" in args.check else []
         for kw in runs:
-            problem, p = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
-                                  thermal=args.thermal_absorption, **kw)
-            r = problem.summary(p)
-            print(f"{kw}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
-                  f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
+            _print_model(str(kw), *_problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
+                                             thermal=args.thermal_absorption, **kw))
     if "structure" in args.check:
         kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
         ours, p = _problem(args.tag, None, **kw)

@@ -197,16 +197,13 @@ def run(args) -> dict:
                           frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
-        try:  # and from its joint tilts, when it refined them (unless --init-without-tilts: they are folded into
-            if args.init_without_tilts:  # the --orientations-from file already, e.g. cspbbr3_frames.py --check search)
-                raise JaxedInputError("tilts not wanted")
-            start = load_params(args.init_from, problem.params0)
-        except JaxedInputError:
-            try:
-                start = load_params(args.init_from, {k: v for k, v in problem.params0.items() if k != "orientation"})
-            except JaxedInputError:  # a run with joint tilts: take its parameters without them
-                template = dict(problem.params0, orientation=jax.numpy.zeros((exp.n_frames, args.orientation_angles)))
-                start = load_params(args.init_from, template)
+        no_tilts = {k: v for k, v in problem.params0.items() if k != "orientation"}
+        try:  # an earlier run without joint tilts
+            start = load_params(args.init_from, no_tilts)
+        except JaxedInputError:  # one with them: keep its tilts when this run refines tilts too, unless
+            start = load_params(args.init_from, dict(  # --init-without-tilts (folded into --orientations-from)
+                no_tilts, orientation=jax.numpy.zeros((exp.n_frames, args.orientation_angles))))
+            if args.init_without_tilts or "orientation" not in problem.params0:
                 start.pop("orientation")
         problem.params0 = dict(problem.params0, **start)
         log(f"structure and thickness model from {args.init_from}")
@@ -223,8 +220,8 @@ def run(args) -> dict:
         log(f"cycle {cycle}: R_obs {mid['R_obs']:.4f} wR_all {mid['wR_all']:.4f}, frame means "
             f"{mid['R_obs_frame_mean']:.4f} / {mid['wR_all_frame_mean']:.4f}")
         if "orientation" in params:
-            base = np.asarray(tilt_matrices(params["orientation"])) @ np.asarray(exp.base_orientation)
-            exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=base), crystal)
+            exp = reselect_sample_beams(orientation.with_corrections(exp, tilt_matrices(params["orientation"])),
+                                        crystal)
             params = dict(params, orientation=jax.numpy.zeros_like(params["orientation"]))
         fixed = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(
             config, refine_orientation=False, lr_groups=tuple(g for g in config.lr_groups if g[0] != "orientation")))
@@ -235,13 +232,8 @@ def run(args) -> dict:
         else:  # Nelder–Mead (three angles) on the frames the refined model fits worst: other minima, not the nearest
             v = objective.frame_values(fixed.intensities(fixed_params), fixed.obs)
             worst = np.sort(np.argsort(-v["R_obs"])[: args.cycle_frames or exp.n_frames])
-            sub = Refinement(crystal, atoms, reselect_sample_beams(orientation.select_frames(exp, worst), crystal),
-                             bloch, fixed.config)
-            found, info = orientation.nelder_mead(sub, fixed_params, initial_step_deg=args.nm_step, log=log,
-                                                  max_about_beam_deg=args.max_about_beam)
-            base = np.asarray(exp.base_orientation).copy()
-            base[worst] = np.asarray(found.base_orientation)
-            corrected = dataclasses.replace(exp, base_orientation=base)
+            corrected, info = orientation.nelder_mead(fixed, fixed_params, initial_step_deg=args.nm_step, log=log,
+                                                      max_about_beam_deg=args.max_about_beam, frames=worst)
             log(f"cycle {cycle}: Nelder–Mead ({args.nm_step}°) on {len(worst)} frames: mean frame wR "
                 f"{info['frame_wr_start'].mean():.4f} → {info['frame_wr_end'].mean():.4f}")
         exp = reselect_sample_beams(corrected, crystal)

@@ -37,6 +37,7 @@ import jax
 from jaxed.errors import JaxedInputError
 
 __all__ = ["blas_threads", "with_blas_threads", "bytes_per_frame", "available_memory", "frames_per_batch",
+           "experiment_frames_per_batch",
            "frame_devices", "MATRICES_PER_SAMPLE"]
 
 #: N×N complex arrays alive per rocking sample in forward + gradient (besides 2 n_t for thickness-dependent terms).
@@ -99,6 +100,15 @@ def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradi
         per_sample = (ABSORPTION_FORWARD_MATRICES if absorption else 2) + n_thickness
     shared = 4 * n2 + 2 * complex_bytes * n2  # int32 coupling + U_{g−h} (and its cotangent)
     return int(n_samples * per_sample * complex_bytes * n2 + shared)
+
+
+def experiment_frames_per_batch(experiment, *, float64: bool, absorption: bool, n_thickness: int = 1,
+                                gradient: bool = True) -> int:
+    """:func:`frames_per_batch` for a prepared :class:`jaxed.experiment.Experiment`: its frames, padded beams, rocking
+    samples and frame sharding; ``float64``: complex128 (else complex64) Bloch matrices."""
+    return frames_per_batch(experiment.n_frames, experiment.matrix_size, int(experiment.sample_rotations.shape[1]),
+                            n_thickness, gradient=gradient, complex_bytes=16 if float64 else 8,
+                            n_devices=frame_devices(experiment), absorption=absorption)
 
 
 def available_memory(device: jax.Device | None = None) -> int:

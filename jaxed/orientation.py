@@ -123,8 +123,11 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
 
 
 def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
-                max_about_beam_deg: float | None = None, log=None) -> tuple[Experiment, dict]:
+                max_about_beam_deg: float | None = None, frames=None, log=None) -> tuple[Experiment, dict]:
     """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info).
+
+    ``frames``: indices of the frames to search (default all); the others keep their orientation, and ``info``'s
+    per-frame arrays follow ``frames``.
 
     ``max_about_beam_deg`` bounds the rotation about the beam (ω, lab z): ω = B tanh(u/B) with u the searched
     variable. A still frame does not see ω; under rocking integration it turns the rocking axis in the crystal, a
@@ -135,7 +138,7 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
     thickness = np.asarray(problem.frame_thickness(params))
     corr = np.tile(np.eye(3), (exp.n_frames, 1, 1))
     start, end, fevals = [], [], 0
-    for i in range(exp.n_frames):
+    for i in (range(exp.n_frames) if frames is None else (int(f) for f in frames)):
         one = dataclasses.replace(select_frames(exp, [i]), frame_ids=(0,))  # same static data: one compilation
         t_i = jnp.asarray(thickness[i : i + 1])
 

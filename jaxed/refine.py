@@ -183,10 +183,9 @@ class Refinement:
                                                            jnp.asarray(experiment.sigma), jnp.asarray(mask & free))
         self.optimizer = self._make_optimizer()
         # frames per device step: all of them when the memory model says they fit (one vmapped call), else chunks
-        self.frames_per_batch = config.frames_per_batch or batching.frames_per_batch(
-            experiment.n_frames, experiment.matrix_size, int(np.shape(experiment.sample_rotations)[1]),
-            config.thickness_samples, complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
-            n_devices=batching.frame_devices(experiment), absorption=bloch.absorbing)
+        self.frames_per_batch = config.frames_per_batch or batching.experiment_frames_per_batch(
+            experiment, float64=jnp.asarray(atoms.frac).dtype == jnp.float64, absorption=bloch.absorbing,
+            n_thickness=config.thickness_samples)
         self._intensities_jit = jax.jit(self._intensities)  # traced on first use
 
     # ----------------------------------------------------------------------------------------------- model

@@ -310,10 +310,8 @@ def evaluate(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     t = jnp.full((experiment.n_frames,), float(thickness))
-    chunk = batching.frames_per_batch(experiment.n_frames, experiment.matrix_size,
-                                      int(np.shape(experiment.sample_rotations)[1]), gradient=False,
-                                      complex_bytes=16 if jnp.asarray(atoms.frac).dtype == jnp.float64 else 8,
-                                      n_devices=batching.frame_devices(experiment), absorption=bloch.absorbing)
+    chunk = batching.experiment_frames_per_batch(experiment, float64=jnp.asarray(atoms.frac).dtype == jnp.float64,
+                                                 absorption=bloch.absorbing, gradient=False)
     i_calc = jax.jit(integrated_intensities, static_argnames=("settings", "frames_per_batch"))(
         atoms, crystal, experiment, t, bloch, frames_per_batch=chunk)
     obs = objective.prepare_observations(jnp.asarray(experiment.i_obs), jnp.asarray(experiment.sigma),

@@ -223,3 +223,8 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
         assert np.all(info["frame_wr_end"] < before)
     assert np.all(turns[0.1] <= 0.1 + 1e-9), turns
     assert np.max(turns[None]) > 0.15, turns
+    # frames=: only the listed frames are searched; the others keep their orientation exactly
+    found, info = nelder_mead(problem, problem.params0, initial_step_deg=0.3, maxfev=10, frames=[1])
+    assert np.array_equal(np.asarray(found.base_orientation)[0], np.asarray(problem.experiment.base_orientation)[0])
+    assert len(info["frame_wr_end"]) == 1 and info["frame_wr_end"][0] <= info["frame_wr_start"][0]
+    assert info["frame_wr_start"][0] == pytest.approx(before[1], rel=1e-9)  # it searched frame 1, not frame 0
