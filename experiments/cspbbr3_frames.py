@@ -87,13 +87,15 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
     config = RefineConfig(thickness_model="nn", thickness_init=400.0, thickness_range=(50.0, 3000.0),
                           frames_per_batch=FRAMES_PER_BATCH)
     problem = Refinement(crystal, atoms, exp, bloch, config)
+    saved = RESULTS / f"{tag}_params.npz"  # kept with the results; older runs: only the checkpoint folder
+    saved = saved if saved.exists() else RESULTS / f"{tag}.ckpt"
     try:
-        return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
+        return problem, load_params(saved, problem.params0)
     except JaxedInputError:  # a run with joint tilts
         if frames is not None:
             raise
         problem = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(config, refine_orientation=True))
-        return problem, load_params(RESULTS / f"{tag}.ckpt", problem.params0)
+        return problem, load_params(saved, problem.params0)
 
 
 def _folded(tag: str, frames: str, **kw):

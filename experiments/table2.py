@@ -39,7 +39,7 @@ from jaxed import metrics, objective, orientation  # noqa: E402
 from jaxed.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment,  # noqa: E402
                              reselect_sample_beams, tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement, save_params  # noqa: E402
 from jaxed.workflow import load_problem, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,6 +229,11 @@ def run(args) -> dict:
         if args.cycle_search == "hexagonal":
             corrected, _ = orientation.hexagonal_scan(fixed, fixed_params, theta0_deg=0.05,
                                                       theta_min_deg=args.theta_min, max_rounds=args.max_rounds, log=log)
+        elif args.cycle_search == "about-beam":  # the rotation about the beam alone, all frames batched
+            corrected, info = orientation.about_beam_scan(fixed, fixed_params, max_about_beam_deg=args.max_about_beam
+                                                          or 4.0, log=log)
+            log(f"cycle {cycle}: about-beam scan: mean frame wR {info['frame_wr_start'].mean():.4f} → "
+                f"{info['frame_wr_end'].mean():.4f}, |ω| median {np.median(np.abs(info['omega_deg'])):.2f}°")
         else:  # Nelder–Mead (three angles) on the frames the refined model fits worst: other minima, not the nearest
             v = objective.frame_values(fixed.intensities(fixed_params), fixed.obs)
             worst = np.sort(np.argsort(-v["R_obs"])[: args.cycle_frames or exp.n_frames])
@@ -272,6 +277,7 @@ def run(args) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     np.save(RESULTS / f"{tag}_orientations.npy", np.asarray(exp.base_orientation))  # after the scan (re-evaluation)
+    save_params(RESULTS / f"{tag}_params.npz", params)  # kept with the results (the .ckpt folders are not): --init-from
     _plot(RESULTS / f"{tag}_thickness.png", theta, thickness,
           f"{tag}: R_obs {final['R_obs']:.4f}, wR_all {final['wR_all']:.4f}")
     log(json.dumps({k: result[k] for k in ("final", "mean_thickness_A", "timing_s")}))
@@ -364,18 +370,20 @@ def main() -> None:
     ap.add_argument("--start", choices=("pets", "reference"), default="pets",
                     help="quartz: start from the file's orientations or the reference paper's authors' optimised ones "
                     "(reflections selected there, as in quartz_parity.py)")
-    ap.add_argument("--cycle-search", choices=("hexagonal", "nelder-mead"), default="hexagonal",
-                    help="the orientation search between cycles: the fine hexagonal scan (θ from 0.05°, all frames) "
-                         "or Nelder–Mead from --nm-step on the --cycle-frames frames of highest R_obs")
+    ap.add_argument("--cycle-search", choices=("hexagonal", "nelder-mead", "about-beam"), default="hexagonal",
+                    help="the orientation search between cycles: the fine hexagonal scan (θ from 0.05°, all frames), "
+                         "Nelder–Mead from --nm-step on the --cycle-frames frames of highest R_obs, or the scan of "
+                         "the rotation about the beam (all frames, within ±--max-about-beam, default 4°)")
     ap.add_argument("--max-about-beam", type=float, default=None,
-                    help="with --cycle-search nelder-mead: bound on each frame's rotation about the beam [deg]")
+                    help="with --cycle-search nelder-mead or about-beam: bound on each frame's rotation about the "
+                         "beam [deg]")
     ap.add_argument("--cycle-frames", type=int, default=0, help="with --cycle-search nelder-mead: how many (0: all)")
     ap.add_argument("--cycles", type=int, default=1,
                     help="refinement cycles; each after the first re-scans orientations with the refined model")
     ap.add_argument("--thickness", type=float,
                     help="single thickness [Å] for the start and the orientation search: skip the thickness scans")
-    ap.add_argument("--init-from", help="a <tag>.ckpt folder of an earlier run (same sample, frames, model): start "
-                    "from its refined structure and thickness model")
+    ap.add_argument("--init-from", help="a <tag>_params.npz (or <tag>.ckpt folder) of an earlier run (same sample, "
+                    "frames, model): start from its refined structure and thickness model")
     ap.add_argument("--orientations-from", help="a <tag>_orientations.npy of an earlier run: skip the search")
     ap.add_argument("--init-without-tilts", action="store_true",
                     help="with --init-from: leave the earlier run's joint tilts out (start them at zero)")

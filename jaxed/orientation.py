@@ -7,6 +7,10 @@ frame's own wR_all (its scale in closed form), with the structure and thickness 
   R_z(ω) does not change excitation errors (PHYSICS.md §8.1); it is kept to match the published search.
 * ``hexagonal``: the paper's two-angle scan C = R_z(φ) R_x(θ) R_z(−φ), φ in 60° steps, θ halved when no direction
   improves; all frames advance together (one batched evaluation per direction).
+* ``about_beam``: a scan of the rotation about the beam alone, C = R_z(ω), all frames batched (a coarse grid, then
+  ± steps halved like the hexagonal scan). Under rocking integration ω turns the rocking axis in the crystal; the
+  reference paper's authors' optimised quartz orientations and our Nelder–Mead minima turn the same frames by the
+  same few degrees about the beam (results/table2.md), which this scan finds at the cost of a few batched passes.
 * ``gradient``: the two beam-perpendicular tilts of every frame refined by gradient jointly (jaxed.refine with
   ``refine_orientation=True``); this module's :func:`gradient_tilts` does it with the structure frozen.
 
@@ -28,8 +32,8 @@ from jaxed.experiment import (Experiment, intensities_from_table, reselect_sampl
                               tilt_matrices)
 from jaxed.geometry import rotation_x, rotation_y, rotation_z
 
-__all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "nelder_mead", "gradient_tilts",
-           "misorientation_deg"]
+__all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "about_beam_scan", "nelder_mead",
+           "gradient_tilts", "misorientation_deg"]
 
 
 def select_frames(experiment: Experiment, idx) -> Experiment:
@@ -119,6 +123,51 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
         if log:
             log(f"  hexagonal round {rnd}: mean frame wR {best.mean():.4f}, {improved.sum()} frames improved")
     info = {"evaluations_batched": evaluations, "frame_wr_start": start, "frame_wr_end": best}
+    return with_corrections(exp, corr), info
+
+
+def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_deg: float = 4.0,
+                    omega_min_deg: float = 0.02, max_rounds: int = 12, log=None) -> tuple[Experiment, dict]:
+    """The rotation about the beam (lab z, ω) of every frame, scanned with all frames in each batched evaluation;
+    returns (corrected experiment, info). First a grid ω ∈ {0, ±grid, ±2 grid, …} up to ±``max_about_beam_deg``, each
+    frame keeping its best point; then ± steps from grid/2, kept while they improve and halved when neither does,
+    down to ``omega_min_deg``, never beyond ±``max_about_beam_deg``. A still frame does not see ω (its excitation
+    errors are unchanged, PHYSICS.md §8.1); under rocking integration ω turns the rocking axis in the crystal."""
+    exp = problem.experiment
+    fn = _make_frame_loss(problem, problem.atoms(params), None)
+    thickness = problem.frame_thickness(params)
+    n = exp.n_frames
+
+    def losses(omega_deg):
+        rot = np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega_deg)])
+        return np.asarray(fn(_moved(problem, exp, rot), thickness))
+
+    start = losses(np.zeros(n))
+    best, omega, evaluations = start.copy(), np.zeros(n), 1
+    steps = np.arange(1, int(np.floor(max_about_beam_deg / grid_deg + 1e-9)) + 1) * grid_deg
+    for w in np.concatenate([steps, -steps]):
+        trial = losses(np.full(n, w))
+        evaluations += 1
+        better = trial < best * (1 - 1e-9) - 1e-12  # a real gain, not rounding (a still frame ties at every ω)
+        best[better], omega[better] = trial[better], w
+    step = np.full(n, grid_deg / 2)
+    for rnd in range(max_rounds):
+        active = step >= omega_min_deg
+        if not active.any():
+            break
+        improved = np.zeros(n, bool)
+        for sign in (1.0, -1.0):
+            target = np.clip(omega + sign * step, -max_about_beam_deg, max_about_beam_deg)
+            trial = losses(np.where(active & ~improved, target, omega))
+            evaluations += 1
+            better = active & ~improved & (trial < best * (1 - 1e-9) - 1e-12)
+            best[better], omega[better] = trial[better], target[better]
+            improved |= better
+        step[active & ~improved] /= 2
+        if log:
+            log(f"  about-beam round {rnd}: mean frame wR {best.mean():.4f}, {improved.sum()} frames improved")
+    corr = np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega)])
+    info = {"evaluations_batched": evaluations, "frame_wr_start": start, "frame_wr_end": best, "omega_deg": omega}
     return with_corrections(exp, corr), info
 
 

@@ -27,7 +27,7 @@ from jaxed.experiment import Experiment, integrated_intensities, take_frames
 from jaxed.parameters import StructureModel, make_structure_model
 from jaxed.thickness import make_thickness_model
 
-__all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params"]
+__all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params", "save_params"]
 
 
 def _strong(tree):
@@ -363,10 +363,25 @@ def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> N
     tmp_json.replace(folder / "checkpoint.json")
 
 
+def save_params(path: str | Path, params) -> Path:
+    """The parameters alone as one ``.npz`` (a few kB; written atomically, no pickle), readable by
+    :func:`load_params` like a checkpoint folder: a small file to keep with a run's results, so that a later
+    session can continue from them after the checkpoint folder is gone."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise JaxedInputError(f"{path}: a parameter file must end in .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{f"p_{k}": v for k, v in _flatten(params).items()})
+    tmp.replace(path)
+    return path
+
+
 def _read_checkpoint(folder: str | Path, read, hint: str = ""):
-    """(path, read(npz)) of ``folder/checkpoint.npz``; any zip, npy, JSON or key error is one JaxedInputError line
-    (with ``hint`` appended); nothing is unpickled."""
-    path = Path(folder) / "checkpoint.npz"
+    """(path, read(npz)) of ``folder/checkpoint.npz`` (or of ``folder`` itself when it is an ``.npz`` file, as
+    :func:`save_params` writes); any zip, npy, JSON or key error is one JaxedInputError line (with ``hint``
+    appended); nothing is unpickled."""
+    path = Path(folder) if str(folder).endswith(".npz") else Path(folder) / "checkpoint.npz"
     try:
         with np.load(path, allow_pickle=False) as data:
             return path, read(data)
@@ -400,8 +415,9 @@ def _check_finite(path: Path, flat: dict) -> None:
 
 
 def load_params(folder: str | Path, params_template):
-    """The parameters alone of a checkpoint folder (any optimiser), shaped like ``params_template``: to start a new
-    refinement (other optimiser, learning rates or extra parameter groups) from where an earlier one ended.
+    """The parameters alone of a checkpoint folder (any optimiser) or of a :func:`save_params` file, shaped like
+    ``params_template``: to start a new refinement (other optimiser, learning rates or extra parameter groups) from
+    where an earlier one ended.
 
     A missing, damaged or mismatched checkpoint is a one-line JaxedInputError."""
     path, p = _read_checkpoint(folder, lambda data: _prefixed(data, "p_"))

@@ -390,7 +390,8 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
                         config: RefineConfig, method: str, log=print, **options) -> Experiment:
     """Per-frame orientation searches run before a refinement, with the starting structure and the starting
     thickness model fixed: the reference paper's 'hexagonal' (two-angle scan, θ halving) and 'nelder-mead' (three
-    angles), or 'gradient' (two tilts by Adam). Searches chain with '+', each from where the last ended (e.g.
+    angles), 'about-beam' (the rotation about the beam alone, all frames batched), or 'gradient' (two tilts by
+    Adam). Searches chain with '+', each from where the last ended (e.g.
     'nelder-mead+hexagonal': coarse, then fine). ``options`` go to the searches that take them (e.g. ``max_rounds``
     to hexagonal, ``initial_step_deg`` to nelder-mead); one that no search takes is an error.
 
@@ -401,7 +402,7 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
     from jaxed import orientation
 
     searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead,
-                "gradient": orientation.gradient_tilts}
+                "about-beam": orientation.about_beam_scan, "gradient": orientation.gradient_tilts}
     methods = method.split("+")
     unknown = [m for m in methods if m not in searches]
     if unknown:

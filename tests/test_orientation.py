@@ -228,3 +228,30 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
     assert np.array_equal(np.asarray(found.base_orientation)[0], np.asarray(problem.experiment.base_orientation)[0])
     assert len(info["frame_wr_end"]) == 1 and info["frame_wr_end"][0] <= info["frame_wr_start"][0]
     assert info["frame_wr_start"][0] == pytest.approx(before[1], rel=1e-9)  # it searched frame 1, not frame 0
+
+
+def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alone():
+    # Noise-free data at the nominal orientations, modelled with each frame turned 1.5° about the beam (lab z). The
+    # batched about-beam scan (grid 1°, then ± steps halved to 0.02°) turns each frame back to within 0.1° of −1.5°
+    # and lowers every frame's wR_all by > 3×. A still frame (1 sample) does not see the turn: every trial ties with
+    # the start, so the scan keeps ω = 0 exactly.
+    from jaxed.geometry import rotation_z
+    from jaxed.orientation import about_beam_scan
+
+    crystal, atoms, data, _ = _two_frames_and_their_true_angles()
+    for n_samples in (15, 1):
+        settings = dataclasses.replace(SETTINGS, n_samples=n_samples)
+        exp = prepare_experiment(data, crystal, settings)
+        bloch = BlochSettings(exp.energy_kev)
+        turned = np.einsum("ij,fjk->fik", np.asarray(rotation_z(np.deg2rad(1.5))), np.asarray(exp.base_orientation))
+        synthetic = synthesize(crystal, atoms, data, np.full(2, 600.0), bloch, settings, noise=False)
+        problem = Refinement(crystal, atoms, prepare_experiment(synthetic, crystal, settings, orientations=turned),
+                             bloch, RefineConfig(thickness_model="single", thickness_init=600.0))
+        found, info = about_beam_scan(problem, problem.params0, grid_deg=1.0, max_about_beam_deg=3.0)
+        after = frame_losses(problem, problem.params0, found)
+        np.testing.assert_allclose(after, info["frame_wr_end"], rtol=1e-10)
+        if n_samples == 1:
+            assert np.all(info["omega_deg"] == 0.0)
+        else:
+            np.testing.assert_allclose(info["omega_deg"], -1.5, atol=0.1)
+            assert np.all(after < info["frame_wr_start"] / 3)

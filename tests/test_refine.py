@@ -15,7 +15,7 @@ from jaxed.experiment import ExperimentSettings, prepare_experiment
 from jaxed.metrics import asu_rmsd
 from jaxed.pets import read_pets, write_pets
 from jaxed.refine import (RefineConfig, Refinement, RefinementDiverged, load_checkpoint, load_params,
-                          run_refinement)
+                          run_refinement, save_params)
 from jaxed.synth import random_start, synthesize, thickness_profile
 
 SMALL = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, r_sg_max=0.9, n_samples=5)
@@ -175,6 +175,13 @@ def test_load_params_starts_a_new_refinement_where_an_earlier_one_ended(demo, tm
     assert "\n" not in str(err.value)
     with pytest.raises(JaxedInputError, match="cannot read the checkpoint"):
         load_params(tmp_path / "nowhere", template)
+    # save_params: the parameters alone in one small .npz (kept with a run's results) load like the folder, exactly
+    small = save_params(tmp_path / "results" / "run_params.npz", done)
+    for a, b in zip(jax.tree_util.tree_leaves(load_params(small, template)), jax.tree_util.tree_leaves(done)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert small.stat().st_size < 100_000
+    with pytest.raises(JaxedInputError, match="must end in .npz"):
+        save_params(tmp_path / "run_params.npy", done)
 
 
 def test_progress_rows_from_the_steps_own_intensities_equal_a_separate_forward(demo, tmp_path):
