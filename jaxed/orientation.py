@@ -127,7 +127,7 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
 
 
 def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_deg: float = 4.0,
-                    omega_min_deg: float = 0.02, max_rounds: int = 12, log=None) -> tuple[Experiment, dict]:
+                    omega_min_deg: float = 0.05, max_rounds: int = 10, log=None) -> tuple[Experiment, dict]:
     """The rotation about the beam (lab z, ω) of every frame, scanned with all frames in each batched evaluation;
     returns (corrected experiment, info). First a grid ω ∈ {0, ±grid, ±2 grid, …} up to ±``max_about_beam_deg``, each
     frame keeping its best point; then ± steps from grid/2, kept while they improve and halved when neither does,
