@@ -19,10 +19,11 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``structure``: the run's thickness, tilts and orientations with another refined structure (``--structures``,
   default diffBloch's own CsPbBr₃ refinement with absorption, experiments/reference/): is the gap in the structure
   or elsewhere; also the site shifts and ‖ΔU‖_F between the two;
-* ``search``: chosen frames (or ``worst:K``, the K of highest R_obs) of the run's model, its joint tilts folded into
-  the orientations, searched again with the structure and thickness fixed (``--searches``: Nelder–Mead, three
-  angles, from ``--nm-step``; the hexagonal scan from that θ): whether a frame sits in a worse orientation minimum
-  than one nearby; ``--save-orientations`` writes every frame's orientation for a further table2.py cycle;
+* ``search``: chosen frames (``worst:K``, the K of highest R_obs; ``all``) of the run's model, its joint tilts folded
+  into the orientations, searched again with the structure and thickness fixed (``--searches``: Nelder–Mead, three
+  angles, from ``--nm-step``; the hexagonal scan from that θ; the about-beam scan, jaxed.orientation): whether a
+  frame sits in a worse orientation minimum than one nearby; ``--save-orientations`` writes every frame's
+  orientation for a further table2.py cycle;
 * ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
   absorption propagated perturbatively (the refinement's path, with ``--slices`` thickness slices) vs exactly
   (matrix exponential): the error of the perturbative path on this crystal, as Σ|ΔI| / ΣI per frame (the
@@ -99,15 +100,17 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
 
 
 def _folded(tag: str, frames: str, **kw):
-    """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs), its joint
-    tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which move
+    """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs; ``all``), its
+    joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which move
     the orientation, start from them). Returns (problem, params, the frames' indices, every frame's folded
     orientation)."""
     full, p = _problem(tag, None, **kw)
     exp = full.experiment
     if "orientation" in p:
         exp = ori.with_corrections(exp, tilt_matrices(p["orientation"]))
-    if frames.startswith("worst:"):
+    if frames == "all":
+        idx = np.arange(exp.n_frames)
+    elif frames.startswith("worst:"):
         r_obs = objective.frame_values(full.intensities(p), full.obs)["R_obs"]
         idx = np.sort(np.argsort(-r_obs)[: int(frames.split(":")[1])])
     else:
@@ -147,7 +150,8 @@ def main() -> None:
                     help="structure: CIFs (comma-separated) whose sites and ADPs replace the run's refined ones")
     ap.add_argument("--nm-step", type=float, default=0.3, help="search: Nelder–Mead's initial simplex step [deg]")
     ap.add_argument("--maxfev", type=int, default=200, help="search: Nelder–Mead's evaluations per frame")
-    ap.add_argument("--searches", default="nelder-mead,hexagonal", help="search: which searches, in turn")
+    ap.add_argument("--searches", default="nelder-mead,hexagonal",
+                    help="search: which searches, in turn (nelder-mead, hexagonal, about-beam)")
     ap.add_argument("--save-orientations", help="search: write every frame's orientation (.npy) after the search, "
                     "for table2.py --orientations-from with --init-from ... --init-without-tilts")
     ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
@@ -208,7 +212,8 @@ def main() -> None:
               f"{np.round(before['R_obs'], 4)} wR_all {np.round(before['wR_all'], 4)}", flush=True)
         searches = {"nelder-mead": lambda pr: ori.nelder_mead(pr, q, initial_step_deg=args.nm_step,
                                                                maxfev=args.maxfev),
-                    "hexagonal": lambda pr: ori.hexagonal_scan(pr, q, theta0_deg=args.nm_step)}
+                    "hexagonal": lambda pr: ori.hexagonal_scan(pr, q, theta0_deg=args.nm_step),
+                    "about-beam": lambda pr: ori.about_beam_scan(pr, q)}
         for name in args.searches.split(","):
             t0 = time.perf_counter()
             exp, info = searches[name](problem)
