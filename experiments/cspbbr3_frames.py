@@ -101,8 +101,8 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
 
 def _folded(tag: str, frames: str, **kw):
     """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs; ``all``), its
-    joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which move
-    the orientation, start from them). Returns (problem, params, the frames' indices, every frame's folded
+    joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which
+    move the orientation, start from them). Returns (problem, params, the frames' indices, every frame's folded
     orientation)."""
     full, p = _problem(tag, None, **kw)
     exp = full.experiment
