@@ -19,6 +19,7 @@ All three return a new :class:`Experiment` whose ``base_orientation`` carries th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
-from jaxed import objective
+from jaxed import batching, objective
 from jaxed.bloch import potential_table
 from jaxed.experiment import (Experiment, intensities_from_table, reselect_sample_beams, take_frames,
                               tilt_matrices)
@@ -70,16 +71,22 @@ def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _make_frame_loss(problem, atoms, obs):
     """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames; the Fourier
-    coefficients of the (fixed) structure are computed once."""
+    coefficients of the (fixed) structure are computed once. The frames run in chunks when jaxed.batching's memory
+    model says they do not all fit at once (the batched scans evaluate every frame in one call)."""
     crystal, bloch = problem.crystal, problem.bloch
     u_ext = potential_table(atoms, crystal, problem.experiment.beams, bloch)
+    float64 = jnp.asarray(atoms.frac).dtype == jnp.float64
 
-    @jax.jit
-    def fn(experiment, thickness):
-        i_calc = intensities_from_table(u_ext, crystal, experiment, thickness, bloch)
+    @functools.partial(jax.jit, static_argnames="chunk")
+    def loss(experiment, thickness, chunk):
+        i_calc = intensities_from_table(u_ext, crystal, experiment, thickness, bloch, frames_per_batch=chunk)
         obs_e = objective.prepare_observations(experiment.i_obs, experiment.sigma, experiment.refl_mask)
         k = objective.frame_scales(i_calc, obs_e)
         return objective.wr_all_paper(i_calc * k[:, None], obs_e, per_frame=True)
+
+    def fn(experiment, thickness):  # frames in chunks when the memory model says all of them do not fit at once
+        return loss(experiment, thickness, batching.experiment_frames_per_batch(
+            experiment, float64=float64, absorption=bloch.absorbing, gradient=False))
 
     return fn
 

@@ -255,3 +255,16 @@ def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alo
         else:
             np.testing.assert_allclose(info["omega_deg"], -1.5, atol=0.1)
             assert np.all(after < info["frame_wr_start"] / 3)
+
+
+def test_search_losses_in_frame_chunks_equal_one_batched_call(misoriented, monkeypatch):
+    # The searches' per-frame wR_all runs the frames in chunks when the memory model says they do not all fit: with
+    # one frame per chunk forced, the values equal the one-call values (float64, rtol 1e-12), frame by frame.
+    from jaxed import batching
+
+    problem, _ = misoriented
+    whole = frame_losses(problem, problem.params0)
+    monkeypatch.setattr(batching, "experiment_frames_per_batch", lambda *a, **k: 1)
+    chunked = frame_losses(problem, problem.params0)
+    assert whole.shape == (2,) and not np.allclose(whole[0], whole[1], rtol=1e-3)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=0)
