@@ -145,9 +145,14 @@ def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_de
     thickness = problem.frame_thickness(params)
     n = exp.n_frames
 
+    def turns(omega_deg):
+        return np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega_deg)])
+
     def losses(omega_deg):
-        rot = np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega_deg)])
-        return np.asarray(fn(_moved(problem, exp, rot), thickness))
+        return np.asarray(fn(_moved(problem, exp, turns(omega_deg)), thickness))
+
+    def gains(trial):  # a real gain, not rounding (a still frame ties at every ω)
+        return trial < best * (1 - 1e-9) - 1e-12
 
     start = losses(np.zeros(n))
     best, omega, evaluations = start.copy(), np.zeros(n), 1
@@ -155,7 +160,7 @@ def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_de
     for w in np.concatenate([steps, -steps]):
         trial = losses(np.full(n, w))
         evaluations += 1
-        better = trial < best * (1 - 1e-9) - 1e-12  # a real gain, not rounding (a still frame ties at every ω)
+        better = gains(trial)
         best[better], omega[better] = trial[better], w
     step = np.full(n, grid_deg / 2)
     for rnd in range(max_rounds):
@@ -167,13 +172,13 @@ def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_de
             target = np.clip(omega + sign * step, -max_about_beam_deg, max_about_beam_deg)
             trial = losses(np.where(active & ~improved, target, omega))
             evaluations += 1
-            better = active & ~improved & (trial < best * (1 - 1e-9) - 1e-12)
+            better = active & ~improved & gains(trial)
             best[better], omega[better] = trial[better], target[better]
             improved |= better
         step[active & ~improved] /= 2
         if log:
             log(f"  about-beam round {rnd}: mean frame wR {best.mean():.4f}, {improved.sum()} frames improved")
-    corr = np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega)])
+    corr = turns(omega)
     info = {"evaluations_batched": evaluations, "frame_wr_start": start, "frame_wr_end": best, "omega_deg": omega}
     return with_corrections(exp, corr), info
 

@@ -232,7 +232,7 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
 
 def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alone():
     # Noise-free data at the nominal orientations, modelled with each frame turned 1.5° about the beam (lab z). The
-    # batched about-beam scan (grid 1°, then ± steps halved to 0.02°) turns each frame back to within 0.1° of −1.5°
+    # batched about-beam scan (grid 1°, then ± steps halved to 0.05°) turns each frame back to within 0.1° of −1.5°
     # and lowers every frame's wR_all by > 3×. A still frame (1 sample) does not see the turn: every trial ties with
     # the start, so the scan keeps ω = 0 exactly.
     from jaxed.geometry import rotation_z
