@@ -69,6 +69,10 @@ class RefineConfig:
         minibatch: frames per Adam step, drawn without replacement each step (0: full batch).
         thickness_samples: ThicknessNN reparameterised draws per frame whose intensities are averaged (1: the mean).
         checkpoint_every: steps between checkpoints (0: only at the end).  seed: PRNG seed.
+        keep_best: return the parameters of the lowest loss met — the start of any step, or the end (one more
+            forward evaluation) — instead of the last step's (Adam and L-BFGS with a full-batch loss; a minibatch or
+            thickness draws make the loss noisy, and the last step is returned). A rate too high for the end of a
+            run (a continuation restarted without warm-up) then cannot leave the result above a point it passed.
         optimizer 'gn' / 'lm': Gauss–Newton / Levenberg–Marquardt on the weighted residual vector (jaxed.lsq),
             ``epochs`` = the most iterations (stops earlier on relative change < lsq_ftol); 'hybrid': cycles of
             ``hybrid_adam_steps`` Adam steps on the thickness model and one LM step on everything else.
@@ -100,6 +104,7 @@ class RefineConfig:
     frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.batching's memory model
     checkpoint_every: int = 10
     seed: int = 0
+    keep_best: bool = True
     lsq_jacobian: str = "auto"
     lsq_damping: float = 1e-4
     lsq_ftol: float = 1e-8
@@ -236,6 +241,13 @@ class Refinement:
                                frame_loss=config.frame_loss)
         return value, (i_calc if exp is self.experiment and thickness.ndim == 1 else None)
 
+    def full_loss(self, params) -> jax.Array:
+        """The full-batch loss at the mean thickness (what :meth:`loss` is without a key), from the compiled
+        :meth:`intensities` that R-factor summaries use too."""
+        config = self.config
+        return objective.loss(self.intensities(params), self.obs, kind=config.residual,
+                              per_frame_mean=config.per_frame_mean, frame_loss=config.frame_loss)
+
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats); with an R_free set, R_obs etc. are of the work set
         and R_free, wR_free, N_free are added."""
@@ -348,16 +360,31 @@ def _unflatten(template, flat: dict) -> object:
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def save_checkpoint(folder: Path, params, state, history: list, epoch: int) -> None:
-    """Write ``checkpoint.npz`` (params, optimiser state) and ``checkpoint.json`` (epoch, history) atomically."""
+def _save_npz(path: Path, **arrays) -> None:
+    """``np.savez`` to a temporary name, then one atomic rename: a kill mid-write leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _prefix(prefix: str, tree) -> dict[str, np.ndarray]:
+    return {f"{prefix}{k}": v for k, v in _flatten(tree).items()}
+
+
+def save_checkpoint(folder: Path, params, state, history: list, epoch: int, best: tuple | None = None) -> None:
+    """Write ``checkpoint.npz`` (params, optimiser state) and ``checkpoint.json`` (epoch, history) atomically.
+
+    ``best``: (loss, epoch, params) of the lowest loss met so far (``RefineConfig.keep_best``), kept beside the last
+    parameters so that a resumed run returns what an uninterrupted one would; :func:`load_params` prefers them."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "checkpoint.tmp.npz"
     # the epoch and history travel inside the .npz too (a unicode array, no pickle): one atomic rename makes the
     # checkpoint, so a kill between the two renames below cannot pair arrays with another epoch's history
-    meta = np.array(json.dumps({"epoch": epoch, "history": history}))
-    np.savez(tmp, meta=meta, **{f"p_{k}": v for k, v in _flatten(params).items()},
-             **{f"s_{k}": v for k, v in _flatten(state).items()})
-    tmp.replace(folder / "checkpoint.npz")
+    info = {"epoch": epoch, "history": history}
+    if best is not None:
+        info["best"] = {"loss": float(best[0]), "epoch": int(best[1])}
+    _save_npz(folder / "checkpoint.npz", meta=np.array(json.dumps(info)), **_prefix("p_", params),
+              **_prefix("s_", state), **(_prefix("b_", best[2]) if best is not None else {}))
     tmp_json = folder / "checkpoint.tmp.json"
     tmp_json.write_text(json.dumps({"epoch": epoch, "history": history}))
     tmp_json.replace(folder / "checkpoint.json")
@@ -370,10 +397,7 @@ def save_params(path: str | Path, params) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise JaxedInputError(f"{path}: a parameter file must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **{f"p_{k}": v for k, v in _flatten(params).items()})
-    tmp.replace(path)
+    _save_npz(path, **_prefix("p_", params))
     return path
 
 
@@ -414,13 +438,28 @@ def _check_finite(path: Path, flat: dict) -> None:
         raise JaxedInputError(f"{path}: non-finite parameter array {bad[0]}; the checkpoint is damaged")
 
 
+def load_best(folder: Path, params_template) -> tuple | None:
+    """(loss, epoch, params) of the lowest loss a checkpoint's run met (:func:`save_checkpoint`'s ``best``), or None
+    when it holds none (``keep_best`` off, an older checkpoint, Gauss–Newton / LM)."""
+    def read(data):
+        meta_text = str(data["meta"]) if "meta" in data.files else "{}"
+        return json.loads(meta_text).get("best"), _prefixed(data, "b_")
+
+    path, (info, b) = _read_checkpoint(folder, read, "; delete it or run without --resume")
+    if info is None or not b:
+        return None
+    _check_finite(path, b)
+    return float(info["loss"]), int(info["epoch"]), _unflatten(params_template, b)
+
+
 def load_params(folder: str | Path, params_template):
     """The parameters alone of a checkpoint folder (any optimiser) or of a :func:`save_params` file, shaped like
     ``params_template``: to start a new refinement (other optimiser, learning rates or extra parameter groups) from
-    where an earlier one ended.
+    where an earlier one ended. A checkpoint written with ``keep_best`` gives the parameters of the lowest loss its
+    run met (what run_refinement returned), not its last step's.
 
     A missing, damaged or mismatched checkpoint is a one-line JaxedInputError."""
-    path, p = _read_checkpoint(folder, lambda data: _prefixed(data, "p_"))
+    path, p = _read_checkpoint(folder, lambda data: _prefixed(data, "b_") or _prefixed(data, "p_"))
     _check_finite(path, p)
     return _unflatten(params_template, p)
 
@@ -456,10 +495,15 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     state = problem.init_state(params)
     history: list = []
     start_epoch = 0
+    # keep_best: (loss, epoch, params) of the lowest full-batch loss met; a step's loss is that of its incoming params
+    keep_best = config.keep_best and not config.minibatch and config.thickness_samples == 1
+    best = None
     if resume:
         if out is None or not (out / "checkpoint.npz").exists():
             raise JaxedInputError(f"--resume: no checkpoint in {out}")
+        template = params
         params, state, history, start_epoch = load_checkpoint(out, params, state)
+        best = load_best(out, template) if keep_best else None
     # a callback marked ``from_intensities`` gets the intensities the step's own loss computed (Adam)
     with_intensities = bool(getattr(callback, "from_intensities", False)) and config.optimizer == "adam"
     step = problem.make_step(intensities=with_intensities)
@@ -481,7 +525,7 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
         value = float(value)
         if not bool(finite):
             if out is not None:
-                save_checkpoint(out, *last_good, history, epoch)
+                save_checkpoint(out, *last_good, history, epoch, best)
             if bar is not None:
                 bar.close()
             raise RefinementDiverged(
@@ -490,6 +534,8 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
         evaluations += _evaluations_in_step(config.optimizer, new_state, first=epoch == 0)
         history.append({"epoch": epoch, "loss": value, "seconds": time.perf_counter() - t0,
                         "evaluations": evaluations})
+        if keep_best and (best is None or value < best[0]):
+            best = (value, epoch, params)
         last_good = (params, state) = (new_params, new_state)
         if problem.obs_free is not None:  # R_obs, wR_all (work set) and R_free after this step
             history[-1].update(problem.epoch_metrics(params))
@@ -502,9 +548,18 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
             else:
                 callback(epoch, params, value)
         if out is not None and config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-            save_checkpoint(out, params, state, history, epoch + 1)
+            save_checkpoint(out, params, state, history, epoch + 1, best)
     if bar is not None:
         bar.close()
+    if keep_best and history and history[-1].get("final_loss") is None:
+        # the last step's result has no loss yet: evaluate it once, and keep whichever is lower
+        final = float(problem.full_loss(params))
+        if not np.isfinite(final):
+            final = np.inf  # a last step into NaN leaves the best earlier point
+        history[-1]["final_loss"] = final
+        if best is None or final <= best[0]:
+            best = (final, config.epochs, params)
+        history[-1]["kept_epoch"] = best[1]  # config.epochs: the last step's result; k: the start of epoch k
     if out is not None:
-        save_checkpoint(out, params, state, history, config.epochs)
-    return params, history
+        save_checkpoint(out, params, state, history, config.epochs, best)
+    return (best[2] if keep_best and best is not None else params), history

@@ -127,6 +127,32 @@ def test_lr_warmup_scales_the_first_adam_steps(demo):
         RefineConfig(lr_warmup=-1)
 
 
+def test_keep_best_returns_the_lowest_loss_met_and_survives_a_resume(demo, tmp_path):
+    # Adam at a rate far too high for this problem (0.05 on every parameter) climbs from its start. With
+    # keep_best (the default) the run returns the parameters of the lowest loss it met: their loss, evaluated afresh,
+    # equals the minimum over every step's incoming loss and the last step's result (rtol 1e-10), it lies below
+    # the last step's result, and the checkpoint's best set is what load_params reads. keep_best=False returns the
+    # last step's result. A run split 2 + 1 with --resume returns the same parameters as 3 in one go (1e-10).
+    config = RefineConfig(thickness_model="nn", thickness_init=650.0, epochs=3, lr=5e-2, checkpoint_every=1)
+    problem = _problem(demo, frames=(0, 12), config=config)
+    kept, history = run_refinement(problem, tmp_path / "full", progress=False)
+    losses = [h["loss"] for h in history] + [history[-1]["final_loss"]]
+    assert np.argmin(losses) < len(losses) - 1 and losses[-1] > 1.05 * min(losses), losses  # it did climb
+    assert history[-1]["kept_epoch"] == int(np.argmin(losses))
+    assert float(problem.full_loss(kept)) == pytest.approx(min(losses), rel=1e-10)
+    for a, b in zip(jax.tree_util.tree_leaves(load_params(tmp_path / "full", problem.params0)),
+                    jax.tree_util.tree_leaves(kept)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    last, _ = run_refinement(_problem(demo, frames=(0, 12), config=dataclasses.replace(config, keep_best=False)),
+                             progress=False)
+    assert float(problem.full_loss(last)) == pytest.approx(losses[-1], rel=1e-10)
+    half = _problem(demo, frames=(0, 12), config=dataclasses.replace(config, epochs=2))
+    run_refinement(half, tmp_path / "split", progress=False)
+    resumed, _ = run_refinement(problem, tmp_path / "split", resume=True, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(kept)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, optimizer):
     config = RefineConfig(thickness_model="nn", epochs=4, checkpoint_every=2, optimizer=optimizer, lr=2e-3)
