@@ -82,8 +82,10 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
     crystal, atoms, _, exp, bloch = _load(frames, sg_max, g_max, g_min, absorption, thermal, samples, scattering,
                                           structure)
     orients = np.load(RESULTS / f"{tag}_orientations.npy")
+    n_all = len(orients)
     if frames is not None:
-        orients = orients[np.array(sorted(int(f) - 1 for f in frames.split(",")))]
+        chosen = np.array(sorted(int(f) - 1 for f in frames.split(",")))
+        orients = orients[chosen]
     exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=orients), crystal)
     config = RefineConfig(thickness_model="nn", thickness_init=400.0, thickness_range=(50.0, 3000.0),
                           frames_per_batch=FRAMES_PER_BATCH)
@@ -92,11 +94,10 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
     saved = saved if saved.exists() else RESULTS / f"{tag}.ckpt"
     try:
         return problem, load_params(saved, problem.params0)
-    except JaxedInputError:  # a run with joint tilts
-        if frames is not None:
-            raise
+    except JaxedInputError:  # a run with joint tilts: every frame's tilts are saved; keep the chosen frames' rows
         problem = Refinement(crystal, atoms, exp, bloch, dataclasses.replace(config, refine_orientation=True))
-        return problem, load_params(saved, problem.params0)
+        p = load_params(saved, dict(problem.params0, orientation=np.zeros((n_all, 2))))
+        return problem, (p if frames is None else dict(p, orientation=p["orientation"][chosen]))
 
 
 def _folded(tag: str, frames: str, **kw):
