@@ -237,16 +237,18 @@ class Refinement:
             thickness = self.thickness.apply(params["thickness"], theta)
         i_calc = integrated_intensities(self.atoms(params), self.crystal, exp, thickness, self.bloch, tilts,
                                         frames_per_batch=self.frames_per_batch)
-        value = objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean,
-                               frame_loss=config.frame_loss)
-        return value, (i_calc if exp is self.experiment and thickness.ndim == 1 else None)
+        return self._objective(i_calc, obs), (i_calc if exp is self.experiment and thickness.ndim == 1 else None)
+
+    def _objective(self, i_calc: jax.Array, obs) -> jax.Array:
+        """The refinement objective of intensities against observations, as the config sets it."""
+        config = self.config
+        return objective.loss(i_calc, obs, kind=config.residual, per_frame_mean=config.per_frame_mean,
+                              frame_loss=config.frame_loss)
 
     def full_loss(self, params) -> jax.Array:
         """The full-batch loss at the mean thickness (what :meth:`loss` is without a key), from the compiled
         :meth:`intensities` that R-factor summaries use too."""
-        config = self.config
-        return objective.loss(self.intensities(params), self.obs, kind=config.residual,
-                              per_frame_mean=config.per_frame_mean, frame_loss=config.frame_loss)
+        return self._objective(self.intensities(params), self.obs)
 
     def summary(self, params) -> dict:
         """R factors and counts of ``params`` (python floats); with an R_free set, R_obs etc. are of the work set
@@ -418,13 +420,17 @@ def _prefixed(data, prefix: str) -> dict:
     return {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
 
 
+def _meta(data, folder) -> dict:
+    """A checkpoint's epoch, history (and best): inside the .npz, or beside it in older checkpoints."""
+    return json.loads(str(data["meta"]) if "meta" in data.files else (Path(folder) / "checkpoint.json").read_text())
+
+
 def load_checkpoint(folder: Path, params_template, state_template):
     """Inverse of :func:`save_checkpoint`: (params, state, history, epoch).
 
     A damaged or foreign checkpoint is a one-line JaxedInputError; nothing is unpickled."""
     def read(data):
-        meta_text = str(data["meta"]) if "meta" in data.files else (Path(folder) / "checkpoint.json").read_text()
-        meta = json.loads(meta_text)
+        meta = _meta(data, folder)
         return _prefixed(data, "p_"), _prefixed(data, "s_"), list(meta["history"]), int(meta["epoch"])
 
     path, (p, s, history, epoch) = _read_checkpoint(folder, read, "; delete it or run without --resume")
@@ -442,8 +448,7 @@ def load_best(folder: Path, params_template) -> tuple | None:
     """(loss, epoch, params) of the lowest loss a checkpoint's run met (:func:`save_checkpoint`'s ``best``), or None
     when it holds none (``keep_best`` off, an older checkpoint, Gauss–Newton / LM)."""
     def read(data):
-        meta_text = str(data["meta"]) if "meta" in data.files else "{}"
-        return json.loads(meta_text).get("best"), _prefixed(data, "b_")
+        return _meta(data, folder).get("best"), _prefixed(data, "b_")
 
     path, (info, b) = _read_checkpoint(folder, read, "; delete it or run without --resume")
     if info is None or not b:
