@@ -157,6 +157,7 @@ def main() -> None:
                     "for table2.py --orientations-from with --init-from ... --init-without-tilts")
     ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
+    ap.add_argument("--thickness-grid", default="300:600:25", help="thickness: lo:hi:step of the grid [Å]")
     ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the perturbative path")
     args = ap.parse_args()
     global FRAMES_PER_BATCH
@@ -276,14 +277,28 @@ def main() -> None:
             v = objective.frame_values(problem.intensities(p), problem.obs)
             print(f"sg_max {sg} g_max {gm} ({problem.experiment.matrix_size} beams): R_obs", np.round(v["R_obs"], 4),
                   "wR_all", np.round(v["wR_all"], 4), flush=True)
-    if "thickness" in args.check:
-        problem, p = _problem(args.tag, None)
-        fn, exp = ori._make_frame_loss(problem, problem.atoms(p), None), problem.experiment
-        grid = np.arange(250, 551, 50)
-        rows = np.stack([np.asarray(fn(exp, np.full(exp.n_frames, float(t)))) for t in grid])
-        print("per-frame best thickness [Å]:", grid[rows.argmin(0)].tolist())
-        print(f"mean wR_all: ThicknessNN {np.asarray(fn(exp, problem.frame_thickness(p))).mean():.4f}, "
-              f"each frame at its best grid thickness {rows.min(0).mean():.4f}")
+    if "thickness" in args.check:  # each frame's own best thickness on a grid (a run's joint tilts folded in)
+        problem, q, _, _ = _folded(args.tag, "all", g_min=args.g_min, absorption=args.absorption,
+                                   thermal=args.thermal_absorption)
+        lo, hi, step = (float(x) for x in args.thickness_grid.split(":"))
+        grid = np.arange(lo, hi + step / 2, step)
+        nn = objective.frame_values(problem.intensities(q), problem.obs)
+        t_nn = np.asarray(problem.frame_thickness(q))
+        single = Refinement(problem.crystal, problem.atoms(q), problem.experiment, problem.bloch,
+                            dataclasses.replace(problem.config, thickness_model="single"))
+        rows = [objective.frame_values(single.intensities(dict(
+            single.params0, thickness={"log_t0": jax.numpy.log(float(t))})), single.obs) for t in grid]
+        wr = np.stack([r["wR_all"] for r in rows])
+        r_obs = np.stack([r["R_obs"] for r in rows])
+        best = wr.argmin(0)
+        cols = np.arange(len(best))
+        print("ThicknessNN per frame [Å]:", np.round(t_nn).astype(int).tolist())
+        print("per-frame best thickness by wR_all [Å]:", grid[best].astype(int).tolist())
+        print("R_obs per frame, ThicknessNN:", np.round(nn["R_obs"], 4).tolist())
+        print("R_obs per frame, own best thickness:", np.round(r_obs[best, cols], 4).tolist())
+        print(f"frame means, ThicknessNN: R_obs {nn['R_obs'].mean():.4f} wR_all {nn['wR_all'].mean():.4f}; each "
+              f"frame at its best grid thickness: R_obs {r_obs[best, cols].mean():.4f} wR_all "
+              f"{wr[best, cols].mean():.4f}")
 
 
 if __name__ == "__main__":

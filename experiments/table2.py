@@ -131,7 +131,7 @@ def _plot(path: Path, theta_deg, thickness, title: str) -> None:
 def run(args) -> dict:
     spec = SAMPLES[args.sample]
     hand = args.hand or next(iter(spec["structure"]))
-    settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=spec["sg_max"],
+    settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=args.sg_max or spec["sg_max"],
                                   g_max_refine=args.g_max_refine or spec["g_max_refine"], r_sg_max=spec["r_sg_max"],
                                   g_min_refine=args.g_min_refine,
                                   n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
@@ -211,7 +211,7 @@ def run(args) -> dict:
     params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
                                      callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
                                                                   f"{time.perf_counter() - t2:7.1f} s")
-                                     if e % 20 == 0 else None)
+                                     if e % args.log_every == 0 else None)
     timing["refine_s"] = time.perf_counter() - t2
     for cycle in range(1, args.cycles):
         # fold the joint tilts into the frames, re-run the fine hexagonal scan with the *refined* structure and
@@ -248,7 +248,7 @@ def run(args) -> dict:
         params, more = run_refinement(problem, RESULTS / f"{tag}.cycle{cycle}.ckpt", progress=False,
                                       callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
                                                                    f"{time.perf_counter() - t3:7.1f} s")
-                                      if e % 20 == 0 else None)
+                                      if e % args.log_every == 0 else None)
         history += more
         timing[f"cycle{cycle}_s"] = time.perf_counter() - t3
     final = problem.summary(params)
@@ -326,6 +326,8 @@ def main() -> None:
     ap.add_argument("--frames", help="frame subset, e.g. every:2 or 0-19")
     ap.add_argument("--samples", type=int, help="rocking-curve samples per frame")
     ap.add_argument("--g-max", type=float, help="beams in the Bloch matrix [1/Å]")
+    ap.add_argument("--sg-max", type=float, help="beams in the Bloch matrix: |s_g| ≤ S [1/Å] (per sample with "
+                    "--beams sample)")
     ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
     ap.add_argument("--frames-per-batch", type=int, default=0,
                     help="frames per device step of the refinement (0: jaxed.batching's memory model)")
@@ -388,6 +390,7 @@ def main() -> None:
     ap.add_argument("--init-without-tilts", action="store_true",
                     help="with --init-from: leave the earlier run's joint tilts out (start them at zero)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=20, help="print the loss every this many epochs")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
