@@ -188,7 +188,7 @@ def run(args) -> dict:
     log(f"after orientation ({args.orientation}), t {t_best:.0f} Å: R_obs {oriented['R_obs']:.4f} "
         f"wR_all {oriented['wR_all']:.4f}")
     config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
-                          epochs=args.epochs, lr=args.lr,
+                          epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                           lr_groups=(("thickness", args.lr_thickness),)
                           + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation else ()),
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
@@ -365,6 +365,8 @@ def main() -> None:
     ap.add_argument("--aniso", choices=("as-given", "all", "none"), default="as-given")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
+                    help="lbfgs: a full-batch polish of a converged run (--init-from); the rates are Adam's")
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-warmup", type=int, default=0,
                     help="Adam steps over which the rates ramp up linearly (for --init-from continuations)")
