@@ -7,7 +7,11 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``tilts``: for chosen frames, a grid of tilts θ ∈ {0.1 … 1.0}°, φ every 30° about the searched orientation;
 * ``beams``: chosen frames (or ``--frames all``: the aggregates, runs with joint tilts too) with larger beam sets
   (``--beam-sets``, default sg_max 0.02 / 0.03, g_max 2.3), with the run's absorption flags;
-* ``thickness``: per-frame wR_all over a thickness grid (all frames), and the mean with each frame's best;
+* ``thickness``: every frame's own best thickness on a grid (``--thickness-grid``, by wR_all; all frames, a run's
+  joint tilts folded in) and R_obs / wR_all per frame there, against ThicknessNN's;
+* ``absorption-scale``: the run's model with the TDS absorptive potential multiplied by each of ``--abs-scales``
+  (a diagnostic wrapper of jaxed.bloch's absorptive coefficients, not a model option), not refitted: whether the
+  data want more or less absorption than the Einstein model computes;
 * ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
   evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
 * ``kappa``: the run's model (reflections above ``--g-min``) evaluated at each absorption κ of ``--kappas``, not
@@ -135,7 +139,7 @@ def main() -> None:
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
                     choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact", "samples", "scattering",
-                             "structure", "search"))
+                             "structure", "search", "absorption-scale"))
     ap.add_argument("--frames", default="5,19,21,29,35,41",
                     help="frames (1-based) for tilts and beams; beams: 'all' for every frame and the aggregates")
     ap.add_argument("--beam-sets", default="0.01:2.0,0.02:2.0,0.03:2.0,0.02:2.3",
@@ -157,6 +161,7 @@ def main() -> None:
                     "for table2.py --orientations-from with --init-from ... --init-without-tilts")
     ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
+    ap.add_argument("--abs-scales", default="0.7,1.0,1.44", help="absorption-scale: factors on the TDS potential")
     ap.add_argument("--thickness-grid", default="300:600:25", help="thickness: lo:hi:step of the grid [Å]")
     ap.add_argument("--slices", default="1,2,4,8,16", help="exact: thickness slices of the perturbative path")
     args = ap.parse_args()
@@ -184,6 +189,17 @@ def main() -> None:
             print(f"κ = {kappa}{' + TDS' if args.thermal_absorption else ''}: frame means R_obs "
                   f"{r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
+    if "absorption-scale" in args.check:
+        import jaxed.bloch as jbloch
+
+        computed = jbloch.absorptive_coefficients
+        try:
+            for scale in (float(x) for x in args.abs_scales.split(",")):
+                jbloch.absorptive_coefficients = lambda *a, scale=scale, **k: scale * computed(*a, **k)
+                _print_model(f"TDS absorptive potential × {scale}",
+                             *_problem(args.tag, None, g_min=args.g_min, thermal=True))
+        finally:
+            jbloch.absorptive_coefficients = computed
     if "samples" in args.check or "scattering" in args.check:
         runs = ([dict(samples=int(n)) for n in args.sample_counts.split(",")] if "samples" in args.check else [])
         runs += [dict(scattering=f) for f in ("lobato", "peng")] if "scattering" in args.check else []
