@@ -208,10 +208,11 @@ def run(args) -> dict:
         problem.params0 = dict(problem.params0, **start)
         log(f"structure and thickness model from {args.init_from}")
     t2 = time.perf_counter()
-    params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False,
-                                     callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
-                                                                  f"{time.perf_counter() - t2:7.1f} s")
-                                     if e % args.log_every == 0 else None)
+    def progress(t_start):  # the loss every --log-every epochs, with the seconds since t_start
+        return lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  {time.perf_counter() - t_start:7.1f} s") \
+            if e % args.log_every == 0 else None
+
+    params, history = run_refinement(problem, RESULTS / f"{tag}.ckpt", progress=False, callback=progress(t2))
     timing["refine_s"] = time.perf_counter() - t2
     for cycle in range(1, args.cycles):
         # fold the joint tilts into the frames, re-run the fine hexagonal scan with the *refined* structure and
@@ -246,9 +247,7 @@ def run(args) -> dict:
         problem.params0 = params  # continue from the refined parameters
         t3 = time.perf_counter()
         params, more = run_refinement(problem, RESULTS / f"{tag}.cycle{cycle}.ckpt", progress=False,
-                                      callback=lambda e, p, v: log(f"epoch {e:4d}  loss {v:.5f}  "
-                                                                   f"{time.perf_counter() - t3:7.1f} s")
-                                      if e % args.log_every == 0 else None)
+                                      callback=progress(t3))
         history += more
         timing[f"cycle{cycle}_s"] = time.perf_counter() - t3
     final = problem.summary(params)
@@ -366,7 +365,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
-                    help="lbfgs: a full-batch polish of a converged run (--init-from); the rates are Adam's")
+                    help="lbfgs: a full-batch polish of a converged run (--init-from); the --lr* rates and "
+                    "--lr-warmup apply to Adam only")
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-warmup", type=int, default=0,
                     help="Adam steps over which the rates ramp up linearly (for --init-from continuations)")
@@ -398,6 +398,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.hand and args.hand not in SAMPLES[args.sample]["structure"]:
         ap.error(f"--hand {args.hand}: {args.sample} has {sorted(SAMPLES[args.sample]['structure'])}")
+    if args.log_every < 1:
+        ap.error(f"--log-every {args.log_every}: expected a whole number of epochs ≥ 1")
     summary() if args.summary else run(args)
 
 
