@@ -365,8 +365,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
-                    help="lbfgs: a full-batch polish of a converged run (--init-from); the --lr* rates and "
-                    "--lr-warmup apply to Adam only")
+                    help="lbfgs: a full-batch polish of a converged run (--init-from); the --lr* rates set its "
+                    "units (jaxed RefineConfig.lbfgs_metric 'rates'); --lr-warmup applies to Adam only")
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-warmup", type=int, default=0,
                     help="Adam steps over which the rates ramp up linearly (for --init-from continuations)")

@@ -161,6 +161,9 @@ _REFINE = {
     "lsq_ftol": _f(1e-8, "gn/lm stop: relative decrease of the cost below this"),
     "hybrid_adam_steps": _i(10, "hybrid: Adam steps on the thickness model per LM step", minimum=1),
     # config-file only (no command-line option)
+    "lbfgs_metric": Setting(str, "rates", "lbfgs: work in each group's units of its learning rate (a diagonal "
+                            "preconditioner; first trial step = Adam's first step) or in the raw parameters",
+                            choices=("rates", "identity")),
     "nn_prior": Setting(bool, False, "ThicknessNN with a learnable quadratic prior in the tilt"),
     "refine_occupancy": Setting(bool, False, "refine occupancies (in (0, 1))"),
     "residual": Setting(str, "paper", "refined residual: the reference paper's wR_all on I, or Jana's on |F|",
