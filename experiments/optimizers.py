@@ -79,7 +79,8 @@ def run_case(args) -> dict:
     config = RefineConfig(thickness_model="nn" if nn else "tilt", thickness_init=600.0, optimizer=args.optimizer,
                           epochs=args.iterations if lsq_opt else args.epochs, lr=3e-3,
                           lr_groups=(("thickness", 2e-2),), lr_schedule="cosine" if args.optimizer == "adam" else "constant",
-                          checkpoint_every=0, hybrid_adam_steps=10, lsq_jacobian=args.jacobian)
+                          checkpoint_every=0, hybrid_adam_steps=10, lsq_jacobian=args.jacobian,
+                          lbfgs_metric=args.lbfgs_metric)
     print(f"  prepared {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams", flush=True)
     problem = Refinement(crystal, truth, exp, bloch, config)
     if nn:
@@ -97,7 +98,7 @@ def run_case(args) -> dict:
         "sample": args.sample, "source": args.source, "optimizer": args.optimizer, "width": args.width,
         "jacobian": args.jacobian, "frames": int(exp.n_frames), "reflections": int(np.sum(exp.refl_mask)),
         "beams": int(exp.matrix_size), "beam_selection": args.beams, "n_samples": args.n_samples, "g_max": args.g_max,
-        "n_params": n_params,
+        "n_params": n_params, "lbfgs_metric": args.lbfgs_metric if args.optimizer == "lbfgs" else None,
         "start_wR_all": start["wR_all"], "start_rmsd_A": start["rmsd"], "wR_all": final,
         "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "seconds": seconds, "steps": len(history),
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -208,6 +209,9 @@ def main(argv=None) -> int:
                    help="per-sample problem size, e.g. cspbbr3:16:0.8 (others use --frames/--g-max)")
     p.add_argument("--beams", default="frame", choices=["frame", "sample"], help="Bloch matrix per frame or per sample")
     p.add_argument("--epochs", type=int, default=300, help="Adam / L-BFGS steps")
+    p.add_argument("--lbfgs-metric", default="rates", choices=["rates", "identity"],
+                   help="L-BFGS in the groups' rate units (jaxed's default) or optax's raw parameters (the runs "
+                   "recorded before 2026-12-03)")
     p.add_argument("--iterations", type=int, default=30, help="GN / LM iterations, hybrid cycles")
     p.add_argument("--delta", type=float, default=0.1, help="start displacement [Å]")
     p.add_argument("--timeout", type=int, default=1800, help="per run [s]")
@@ -237,12 +241,12 @@ def main(argv=None) -> int:
         frames, g_max = sizes.get(sample, (args.frames, args.g_max))
         return ["--frames", str(frames), "--g-max", str(g_max), "--n-samples", str(args.n_samples),
                 "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--delta", str(args.delta),
-                "--beams", args.beams, "--results", args.results] + \
+                "--beams", args.beams, "--results", args.results, "--lbfgs-metric", args.lbfgs_metric] + \
             ([] if args.max_beams is None else ["--max-beams", str(args.max_beams)])
 
     plan = [(s_, "synthetic", o, 0) for s_ in args.samples[:1] for o in args.optimizers if "synthetic" in args.sources]
-    plan += [(s_, "synthetic", o, w) for s_ in args.width_samples for w in args.widths for o in ("adam", "hybrid", "lm")
-             if s_ in args.samples]
+    plan += [(s_, "synthetic", o, w) for s_ in args.width_samples for w in args.widths
+             for o in ("adam", "lbfgs", "hybrid", "lm") if s_ in args.samples and o in args.optimizers]
     plan += [(s_, "synthetic", o, 0) for s_ in args.samples[1:] for o in args.optimizers if "synthetic" in args.sources]
     plan += [(s_, "measured", o, 0) for s_ in args.samples for o in args.optimizers if "measured" in args.sources
              and not (args.quick and s_ != "quartz")]
