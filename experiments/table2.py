@@ -272,7 +272,9 @@ def run(args) -> dict:
               "final": {k: final[k] for k in keys}, "structure_shift": shift,
               "mean_thickness_A": float(thickness.mean()),
               "thickness_A": thickness.tolist(), "theta_deg": theta.tolist(), "timing_s": timing,
-              "history": [h["loss"] for h in history]}
+              "history": [h["loss"] for h in history],  # per step: loss; evaluations and seconds cumulative within each cycle
+              "history_evaluations": [h.get("evaluations") for h in history],
+              "history_seconds": [h.get("seconds") for h in history]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     np.save(RESULTS / f"{tag}_orientations.npy", np.asarray(exp.base_orientation))  # after the scan (re-evaluation)
