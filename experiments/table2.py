@@ -40,7 +40,7 @@ from jaxed.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment
                              reselect_sample_beams, tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
 from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement, save_params  # noqa: E402
-from jaxed.workflow import load_problem, search_orientations  # noqa: E402
+from jaxed.workflow import load_problem, parse_frames, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -163,10 +163,18 @@ def run(args) -> dict:
     timing["thickness_scan_s"] = time.perf_counter() - t0
     log(f"single thickness {t_best:.0f} Å: R_obs {before['R_obs']:.4f} wR_all {before['wR_all']:.4f} "
         f"N_obs {before['N_obs']} N_all {before['N_all']} ({timing['thickness_scan_s']:.0f} s)")
+    subset_of = None  # (frames of the run that saved --orientations-from, this run's among them)
     if args.orientations_from:  # the scanned orientations of an earlier run with the same frames
         # reflections stay those selected at the file's orientations (as in the run that saved them)
-        exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=np.load(args.orientations_from)),
-                                    crystal)
+        saved = np.load(args.orientations_from)
+        if saved.shape[0] > exp.n_frames and args.frames:  # a run on all frames: this run's subset of them
+            chosen = parse_frames(args.frames, saved.shape[0])
+            if chosen is not None and len(chosen) == exp.n_frames:
+                saved, subset_of = saved[chosen], (saved.shape[0], chosen)
+        if saved.shape[0] != exp.n_frames:
+            raise SystemExit(f"{args.orientations_from}: orientations of {saved.shape[0]} frames, this run has "
+                             f"{exp.n_frames} (--frames {args.frames or 'all'})")
+        exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=saved), crystal)
         log(f"orientations from {args.orientations_from}")
     elif args.orientation != "none":
         t1 = time.perf_counter()
@@ -194,15 +202,21 @@ def run(args) -> dict:
                           lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
                           orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
                           frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed,
-                          frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup)
+                          frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup,
+                          lbfgs_metric=args.lbfgs_metric)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
         no_tilts = {k: v for k, v in problem.params0.items() if k != "orientation"}
         try:  # an earlier run without joint tilts
             start = load_params(args.init_from, no_tilts)
         except JaxedInputError:  # one with them: keep its tilts when this run refines tilts too, unless
-            start = load_params(args.init_from, dict(  # --init-without-tilts (folded into --orientations-from)
-                no_tilts, orientation=jax.numpy.zeros((exp.n_frames, args.orientation_angles))))
+            n_run, chosen = subset_of or (exp.n_frames, slice(None))  # --init-without-tilts (folded into
+            try:  # --orientations-from); a run on all frames gives this run's frames' tilts
+                start = load_params(args.init_from, dict(
+                    no_tilts, orientation=jax.numpy.zeros((n_run, args.orientation_angles))))
+            except JaxedInputError as err:
+                raise SystemExit(f"--init-from {args.init_from}: {err}") from None
+            start["orientation"] = start["orientation"][chosen]
             if args.init_without_tilts or "orientation" not in problem.params0:
                 start.pop("orientation")
         problem.params0 = dict(problem.params0, **start)
@@ -369,6 +383,8 @@ def main() -> None:
     ap.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
                     help="lbfgs: a full-batch polish of a converged run (--init-from); the --lr* rates set its "
                     "units (jaxed RefineConfig.lbfgs_metric 'rates'); --lr-warmup applies to Adam only")
+    ap.add_argument("--lbfgs-metric", choices=("rates", "identity"), default="rates",
+                    help="lbfgs: in the --lr* rates' units (default) or in the raw parameters (optax as it is)")
     ap.add_argument("--lr-thickness", type=float, default=2e-2)
     ap.add_argument("--lr-warmup", type=int, default=0,
                     help="Adam steps over which the rates ramp up linearly (for --init-from continuations)")
