@@ -286,7 +286,8 @@ def run(args) -> dict:
               "final": {k: final[k] for k in keys}, "structure_shift": shift,
               "mean_thickness_A": float(thickness.mean()),
               "thickness_A": thickness.tolist(), "theta_deg": theta.tolist(), "timing_s": timing,
-              "history": [h["loss"] for h in history],  # per step: loss; evaluations and seconds cumulative within each cycle
+              # per step: the loss; evaluations and seconds cumulative within each cycle
+              "history": [h["loss"] for h in history],
               "history_evaluations": [h.get("evaluations") for h in history],
               "history_seconds": [h.get("seconds") for h in history]}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -292,9 +292,8 @@ class Refinement:
             if self.config.lbfgs_metric == "identity":
                 return optax.lbfgs()
             # in rate units Adam's first step moves every free parameter by 1: a trial step of that length
-            free = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(self.params0)) - sum(
-                int(np.size(x)) for g, sub in self.params0.items() if rates.get(g, self.config.lr) == 0
-                for x in jax.tree_util.tree_leaves(sub))
+            free = sum(int(np.size(x)) for g, u in self._lbfgs_units().items() if u > 0
+                       for x in jax.tree_util.tree_leaves(self.params0[g]))
             first = float(np.sqrt(max(free, 1)))
             return optax.lbfgs(learning_rate=lambda count: jnp.where(count == 0, first, 1.0))
         def rate(value):
@@ -311,14 +310,12 @@ class Refinement:
         labels = {g: jax.tree_util.tree_map(lambda _, g=g: g, sub) for g, sub in self.params0.items()}
         return optax.multi_transform(transforms, labels)
 
-    def _lbfgs_units(self):
-        """Per-leaf scale of L-BFGS's variables (params tree of scalars): each group's rate with lbfgs_metric
-        'rates', 1 with 'identity'."""
+    def _lbfgs_units(self) -> dict[str, float]:
+        """Scale of L-BFGS's variables per parameter group: the group's rate with lbfgs_metric 'rates' (0: frozen),
+        1 with 'identity'."""
         rates = dict(self.config.lr_groups)
-        return {g: jax.tree_util.tree_map(
-            lambda _, g=g: jnp.asarray(1.0 if self.config.lbfgs_metric == "identity" else rates.get(g, self.config.lr),
-                                       dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32), sub)
-            for g, sub in self.params0.items()}
+        return {g: 1.0 if self.config.lbfgs_metric == "identity" else float(rates.get(g, self.config.lr))
+                for g in self.params0}
 
     def init_state(self, params=None):
         """Optimiser state for ``params`` (default: the starting parameters), with explicit dtypes."""
@@ -351,20 +348,19 @@ class Refinement:
                     return new_params, new_state, value, finite, i_calc
                 return new_params, new_state, value, finite
         else:
-            unit = self._lbfgs_units()  # the optimiser sees x = p / unit (unit 0: a frozen group)
+            unit = self._lbfgs_units()  # the optimiser sees x = p / unit; a group at unit 0 is frozen (x = p)
+
+            def to_params(x):  # frozen groups stay where they are: no gradient reaches them
+                return {g: jax.tree_util.tree_map(lambda v, u=unit[g]: v * u if u > 0 else jax.lax.stop_gradient(v),
+                                                  sub) for g, sub in x.items()}
+
+            def loss_x(x):
+                return loss_fn(to_params(x))
 
             def step(params, state, key):
                 del key  # L-BFGS: deterministic loss
-                safe = jax.tree_util.tree_map(lambda u: jnp.where(u > 0, u, 1.0), unit)
-
-                def to_params(x):  # frozen groups stay where they are (no gradient reaches them)
-                    return jax.tree_util.tree_map(
-                        lambda xi, si, ui: jnp.where(ui > 0, xi * si, jax.lax.stop_gradient(xi) * si), x, safe, unit)
-
-                def loss_x(x):
-                    return loss_fn(to_params(x))
-
-                x = jax.tree_util.tree_map(jnp.divide, params, safe)
+                x = {g: jax.tree_util.tree_map(lambda v, u=unit[g]: v / u if u > 0 else v, sub)
+                     for g, sub in params.items()}
                 value, grads = optax.value_and_grad_from_state(loss_x)(x, state=state)
                 finite = jnp.isfinite(value) & jnp.all(jnp.array(
                     [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
