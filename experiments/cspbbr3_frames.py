@@ -59,7 +59,7 @@ from jaxed.errors import JaxedInputError  # noqa: E402
 from jaxed.experiment import (ExperimentSettings, integrated_intensities, reselect_sample_beams,  # noqa: E402
                               tilt_matrices)
 from jaxed.geometry import rotation_x, rotation_z  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement, load_params  # noqa: E402
+from jaxed.refine import RefineConfig, Refinement, load_params, save_params  # noqa: E402
 from jaxed.workflow import load_problem  # noqa: E402
 
 
@@ -159,6 +159,11 @@ def main() -> None:
                     help="search: which searches, in turn (nelder-mead, hexagonal, about-beam)")
     ap.add_argument("--save-orientations", help="search: write every frame's orientation (.npy) after the search, "
                     "for table2.py --orientations-from with --init-from ... --init-without-tilts")
+    ap.add_argument("--keep-unsearched", action="store_true",
+                    help="search, with --save-orientations: the frames not searched keep the run's orientations and "
+                    "joint tilts as they are (not folded: folding reselects their beams); also writes "
+                    "<orientations stem>_params.npz, the run's parameters with the searched frames' tilts at zero, "
+                    "for table2.py --orientations-from ... --init-from that file (without --init-without-tilts)")
     ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
     ap.add_argument("--abs-scales", default="0.7,1.0,1.44", help="absorption-scale: factors on the TDS potential")
@@ -245,10 +250,19 @@ def main() -> None:
                   f"mean R_obs {before['R_obs'].mean():.4f} → {after['R_obs'].mean():.4f}, wR_all "
                   f"{before['wR_all'].mean():.4f} → {after['wR_all'].mean():.4f}", flush=True)
             if args.save_orientations:  # every frame: the run's (tilts folded in), the searched ones replaced
-                out = base.copy()
+                out = np.load(RESULTS / f"{args.tag}_orientations.npy") if args.keep_unsearched else base.copy()
                 out[idx] = np.asarray(exp.base_orientation)
                 np.save(args.save_orientations, out)
                 print(f"  orientations of all {len(out)} frames → {args.save_orientations}", flush=True)
+                if args.keep_unsearched:  # the searched frames' tilts are in their new orientations: zero them
+                    _, p_run = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
+                                        thermal=args.thermal_absorption)
+                    if "orientation" in p_run:
+                        p_run = dict(p_run, orientation=np.asarray(p_run["orientation"]).copy())
+                        p_run["orientation"][idx] = 0.0
+                    path = save_params(Path(args.save_orientations).with_suffix("").as_posix() + "_params.npz",
+                                       p_run)
+                    print(f"  the run's parameters, searched frames' tilts at zero → {path}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
             problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption,
