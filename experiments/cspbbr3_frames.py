@@ -27,7 +27,8 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
   into the orientations, searched again with the structure and thickness fixed (``--searches``: Nelder–Mead, three
   angles, from ``--nm-step``; the hexagonal scan from that θ; the about-beam scan, jaxed.orientation): whether a
   frame sits in a worse orientation minimum than one nearby; ``--save-orientations`` writes every frame's
-  orientation for a further table2.py cycle;
+  orientation for a further table2.py cycle (``--keep-unsearched``: only the searched frames the search improved
+  change, every other frame keeps the run's orientation and tilts, with a matching ``_params.npz``);
 * ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
   absorption propagated perturbatively (the refinement's path, with ``--slices`` thickness slices) vs exactly
   (matrix exponential): the error of the perturbative path on this crystal, as Σ|ΔI| / ΣI per frame (the
@@ -160,9 +161,10 @@ def main() -> None:
     ap.add_argument("--save-orientations", help="search: write every frame's orientation (.npy) after the search, "
                     "for table2.py --orientations-from with --init-from ... --init-without-tilts")
     ap.add_argument("--keep-unsearched", action="store_true",
-                    help="search, with --save-orientations: the frames not searched keep the run's orientations and "
-                    "joint tilts as they are (not folded: folding reselects their beams); also writes "
-                    "<orientations stem>_params.npz, the run's parameters with the searched frames' tilts at zero, "
+                    help="search, with --save-orientations: the frames not searched, and searched frames whose "
+                    "wR_all the search did not bring below the run's own (its tilts unfolded, its beams), keep the "
+                    "run's orientations and joint tilts as they are (folding reselects beams); also writes "
+                    "<orientations stem>_params.npz, the run's parameters with the taken frames' tilts at zero, "
                     "for table2.py --orientations-from ... --init-from that file (without --init-without-tilts)")
     ap.add_argument("--sample-counts", default="30,60", help="samples: rocking samples per frame to evaluate")
     ap.add_argument("--thickness", type=float, default=434.0, help="exact: thickness [Å]")
@@ -250,19 +252,26 @@ def main() -> None:
                   f"mean R_obs {before['R_obs'].mean():.4f} → {after['R_obs'].mean():.4f}, wR_all "
                   f"{before['wR_all'].mean():.4f} → {after['wR_all'].mean():.4f}", flush=True)
             if args.save_orientations:  # every frame: the run's (tilts folded in), the searched ones replaced
+                take = idx
+                if args.keep_unsearched:  # a searched frame is taken only where it beats the run's own frame
+                    run, p_run = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
+                                          thermal=args.thermal_absorption)  # (its tilts unfolded, its beams)
+                    own = objective.frame_values(run.intensities(p_run), run.obs)["wR_all"][idx]
+                    better = after["wR_all"] < own
+                    take = idx[better]
+                    print(f"  wR_all of the run's own frames {np.round(own, 4)}: taken "
+                          f"{(take + 1).tolist()}, kept {(idx[~better] + 1).tolist()}", flush=True)
                 out = np.load(RESULTS / f"{args.tag}_orientations.npy") if args.keep_unsearched else base.copy()
-                out[idx] = np.asarray(exp.base_orientation)
+                out[take] = np.asarray(exp.base_orientation)[np.isin(idx, take)]
                 np.save(args.save_orientations, out)
                 print(f"  orientations of all {len(out)} frames → {args.save_orientations}", flush=True)
-                if args.keep_unsearched:  # the searched frames' tilts are in their new orientations: zero them
-                    _, p_run = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
-                                        thermal=args.thermal_absorption)
+                if args.keep_unsearched:  # the taken frames' tilts are in their new orientations: zero them
                     if "orientation" in p_run:
                         p_run = dict(p_run, orientation=np.asarray(p_run["orientation"]).copy())
-                        p_run["orientation"][idx] = 0.0
+                        p_run["orientation"][take] = 0.0
                     path = save_params(Path(args.save_orientations).with_suffix("").as_posix() + "_params.npz",
                                        p_run)
-                    print(f"  the run's parameters, searched frames' tilts at zero → {path}", flush=True)
+                    print(f"  the run's parameters, the taken frames' tilts at zero → {path}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
             problem, p = _problem(args.tag, None, g_min=g_min, absorption=args.absorption,
