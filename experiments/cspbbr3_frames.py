@@ -29,6 +29,9 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
   frame sits in a worse orientation minimum than one nearby; ``--save-orientations`` writes every frame's
   orientation for a further table2.py cycle (``--keep-unsearched``: only the searched frames the search improved
   change, every other frame keeps the run's orientation and tilts, with a matching ``_params.npz``);
+* ``folded``: the run's model with its joint tilts applied on the per-sample beams chosen before them (as refined)
+  and folded into the orientations with the beams reselected there: whether the tilts are fitted to a beam set
+  (``--save-orientations``: write the folded orientations, for a table2.py cycle with ``--init-without-tilts``);
 * ``exact``: for chosen frames (CIF structure, one thickness ``--thickness``), the integrated intensities with TDS
   absorption propagated perturbatively (the refinement's path, with ``--slices`` thickness slices) vs exactly
   (matrix exponential): the error of the perturbative path on this crystal, as Σ|ΔI| / ΣI per frame (the
@@ -140,7 +143,7 @@ def main() -> None:
     ap.add_argument("--tag", default="cspbbr3_full_g2.0_dsg", help="a table2.py run (its checkpoint and orientations)")
     ap.add_argument("--check", nargs="+", default=["values"],
                     choices=("values", "tilts", "beams", "thickness", "gmin", "kappa", "exact", "samples", "scattering",
-                             "structure", "search", "absorption-scale"))
+                             "structure", "search", "absorption-scale", "folded"))
     ap.add_argument("--frames", default="5,19,21,29,35,41",
                     help="frames (1-based) for tilts and beams; beams: 'all' for every frame and the aggregates")
     ap.add_argument("--beam-sets", default="0.01:2.0,0.02:2.0,0.03:2.0,0.02:2.3",
@@ -289,6 +292,25 @@ def main() -> None:
             print(f"frame {k + 1:3d}  α {theta[k]:7.2f}  R_obs {v['R_obs'][k]:.4f}  wR_all {v['wR_all'][k]:.4f}  "
                   f"N_obs {v['N_obs'][k]}  N_all {v['N_all'][k]}")
         print(f"means: R_obs {v['R_obs'].mean():.4f}  wR_all {v['wR_all'].mean():.4f}")
+    if "folded" in args.check:  # are the joint tilts fitted to the beam sets chosen before them?
+        kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
+        own, p = _problem(args.tag, None, **kw)
+        folded, q, _, base = _folded(args.tag, "all", **kw)
+        if args.save_orientations:  # every frame's tilts folded in: table2.py ... --init-without-tilts
+            np.save(args.save_orientations, base)
+            print(f"  folded orientations of all {len(base)} frames → {args.save_orientations}", flush=True)
+        v, w = (objective.frame_values(pr.intensities(x), pr.obs) for pr, x in ((own, p), (folded, q)))
+        _print_model("the run's model, tilts on the beams chosen before them", own, p)
+        _print_model("tilts folded into the orientations, beams reselected there", folded, q)
+        tilt = np.rad2deg(np.hypot(*np.asarray(p["orientation"]).T)) if "orientation" in p else None
+        change = w["wR_all"] - v["wR_all"]
+        for k in np.argsort(-np.abs(change))[:8]:
+            print(f"  frame {k + 1:3d}: wR_all {v['wR_all'][k]:.4f} → {w['wR_all'][k]:.4f}, R_obs "
+                  f"{v['R_obs'][k]:.4f} → {w['R_obs'][k]:.4f}"
+                  + (f", tilt {tilt[k]:.3f}°" if tilt is not None else ""), flush=True)
+        if tilt is not None:
+            print(f"  correlation of |ΔwR_all| with the tilt: {np.corrcoef(np.abs(change), tilt)[0, 1]:.2f}; "
+                  f"frames worse / better folded: {int(np.sum(change > 0))} / {int(np.sum(change < 0))}")
     if "tilts" in args.check:
         problem, p = _problem(args.tag, args.frames)
         fn, t = ori._make_frame_loss(problem, problem.atoms(p), None), problem.frame_thickness(p)
