@@ -108,12 +108,12 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
         return problem, (p if frames is None else dict(p, orientation=p["orientation"][chosen]))
 
 
-def _folded(tag: str, frames: str, **kw):
+def _folded(tag: str, frames: str, run=None, **kw):
     """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs; ``all``), its
     joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which
-    move the orientation, start from them). Returns (problem, params, the frames' indices, every frame's folded
-    orientation)."""
-    full, p = _problem(tag, None, **kw)
+    move the orientation, start from them). ``run``: the run's ``_problem(tag, None, **kw)`` where the caller already
+    has it. Returns (problem, params, the frames' indices, every frame's folded orientation)."""
+    full, p = run or _problem(tag, None, **kw)
     exp = full.experiment
     if "orientation" in p:
         exp = ori.with_corrections(exp, tilt_matrices(p["orientation"]))
@@ -233,8 +233,9 @@ def main() -> None:
                   f"{dict(zip(ours.crystal.labels, np.round(dU, 4).tolist()))}")
             _print_model(f"{Path(path).name} with the run's thickness, tilts", other, q)
     if "search" in args.check:
-        problem, q, idx, base = _folded(args.tag, args.frames, g_min=args.g_min, absorption=args.absorption,
-                                        thermal=args.thermal_absorption)
+        kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
+        run, p_run = _problem(args.tag, None, **kw)  # the run as refined: its tilts unfolded, its beams
+        problem, q, idx, base = _folded(args.tag, args.frames, run=(run, p_run), **kw)
         before = objective.frame_values(problem.intensities(q), problem.obs)
         print(f"frames {(idx + 1).tolist()}, the run's orientations (tilts folded in): R_obs "
               f"{np.round(before['R_obs'], 4)} wR_all {np.round(before['wR_all'], 4)}", flush=True)
@@ -255,25 +256,24 @@ def main() -> None:
                   f"mean R_obs {before['R_obs'].mean():.4f} → {after['R_obs'].mean():.4f}, wR_all "
                   f"{before['wR_all'].mean():.4f} → {after['wR_all'].mean():.4f}", flush=True)
             if args.save_orientations:  # every frame: the run's (tilts folded in), the searched ones replaced
-                take = idx
+                better = np.ones(len(idx), bool)
                 if args.keep_unsearched:  # a searched frame is taken only where it beats the run's own frame
-                    run, p_run = _problem(args.tag, None, g_min=args.g_min, absorption=args.absorption,
-                                          thermal=args.thermal_absorption)  # (its tilts unfolded, its beams)
                     own = objective.frame_values(run.intensities(p_run), run.obs)["wR_all"][idx]
                     better = after["wR_all"] < own
-                    take = idx[better]
                     print(f"  wR_all of the run's own frames {np.round(own, 4)}: taken "
-                          f"{(take + 1).tolist()}, kept {(idx[~better] + 1).tolist()}", flush=True)
+                          f"{(idx[better] + 1).tolist()}, kept {(idx[~better] + 1).tolist()}", flush=True)
+                take = idx[better]
                 out = np.load(RESULTS / f"{args.tag}_orientations.npy") if args.keep_unsearched else base.copy()
-                out[take] = np.asarray(exp.base_orientation)[np.isin(idx, take)]
+                out[take] = np.asarray(exp.base_orientation)[better]
                 np.save(args.save_orientations, out)
                 print(f"  orientations of all {len(out)} frames → {args.save_orientations}", flush=True)
                 if args.keep_unsearched:  # the taken frames' tilts are in their new orientations: zero them
-                    if "orientation" in p_run:
-                        p_run = dict(p_run, orientation=np.asarray(p_run["orientation"]).copy())
-                        p_run["orientation"][take] = 0.0
+                    kept = dict(p_run)  # (p_run itself stays as refined for the next search's comparison)
+                    if "orientation" in kept:
+                        kept["orientation"] = np.asarray(kept["orientation"]).copy()
+                        kept["orientation"][take] = 0.0
                     path = save_params(Path(args.save_orientations).with_suffix("").as_posix() + "_params.npz",
-                                       p_run)
+                                       kept)
                     print(f"  the run's parameters, the taken frames' tilts at zero → {path}", flush=True)
     if "gmin" in args.check:
         for g_min in (0.0, args.g_min):
@@ -295,7 +295,7 @@ def main() -> None:
     if "folded" in args.check:  # are the joint tilts fitted to the beam sets chosen before them?
         kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
         own, p = _problem(args.tag, None, **kw)
-        folded, q, _, base = _folded(args.tag, "all", **kw)
+        folded, q, _, base = _folded(args.tag, "all", run=(own, p), **kw)
         if args.save_orientations:  # every frame's tilts folded in: table2.py ... --init-without-tilts
             np.save(args.save_orientations, base)
             print(f"  folded orientations of all {len(base)} frames → {args.save_orientations}", flush=True)
