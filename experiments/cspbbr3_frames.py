@@ -55,7 +55,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table2 import RESULTS, SAMPLES, SHARED  # noqa: E402
+from table2 import RESULTS, SAMPLES, SHARED, folded_report  # noqa: E402
 
 from jaxed import metrics, objective  # noqa: E402
 from jaxed import orientation as ori  # noqa: E402
@@ -295,22 +295,13 @@ def main() -> None:
     if "folded" in args.check:  # are the joint tilts fitted to the beam sets chosen before them?
         kw = dict(g_min=args.g_min, absorption=args.absorption, thermal=args.thermal_absorption)
         own, p = _problem(args.tag, None, **kw)
+        if "orientation" not in p:
+            raise SystemExit(f"--check folded: {args.tag} has no joint tilts (nothing to fold)")
         folded, q, _, base = _folded(args.tag, "all", run=(own, p), **kw)
         if args.save_orientations:  # every frame's tilts folded in: table2.py ... --init-without-tilts
             np.save(args.save_orientations, base)
             print(f"  folded orientations of all {len(base)} frames → {args.save_orientations}", flush=True)
-        v, w = (objective.frame_values(pr.intensities(x), pr.obs) for pr, x in ((own, p), (folded, q)))
-        _print_model("the run's model, tilts on the beams chosen before them", own, p)
-        _print_model("tilts folded into the orientations, beams reselected there", folded, q)
-        tilt = np.rad2deg(np.hypot(*np.asarray(p["orientation"]).T)) if "orientation" in p else None
-        change = w["wR_all"] - v["wR_all"]
-        for k in np.argsort(-np.abs(change))[:8]:
-            print(f"  frame {k + 1:3d}: wR_all {v['wR_all'][k]:.4f} → {w['wR_all'][k]:.4f}, R_obs "
-                  f"{v['R_obs'][k]:.4f} → {w['R_obs'][k]:.4f}"
-                  + (f", tilt {tilt[k]:.3f}°" if tilt is not None else ""), flush=True)
-        if tilt is not None:
-            print(f"  correlation of |ΔwR_all| with the tilt: {np.corrcoef(np.abs(change), tilt)[0, 1]:.2f}; "
-                  f"frames worse / better folded: {int(np.sum(change > 0))} / {int(np.sum(change < 0))}")
+        folded_report(own, p, folded, q, log=lambda s: print(s, flush=True))
     if "tilts" in args.check:
         problem, p = _problem(args.tag, args.frames)
         fn, t = ori._make_frame_loss(problem, problem.atoms(p), None), problem.frame_thickness(p)

@@ -128,7 +128,9 @@ def _plot(path: Path, theta_deg, thickness, title: str) -> None:
     plt.close(fig)
 
 
-def run(args) -> dict:
+def _setup(args):
+    """The run's structure, data and experiment before any orientation search (reflections selected at the file's
+    orientations, or at the reference paper's authors' with ``--start reference``)."""
     spec = SAMPLES[args.sample]
     hand = args.hand or next(iter(spec["structure"]))
     settings = ExperimentSettings(g_max=args.g_max or spec["g_max"], sg_max=args.sg_max or spec["sg_max"],
@@ -137,8 +139,6 @@ def run(args) -> dict:
                                   n_samples=args.samples or spec["samples"], max_beams=args.max_beams,
                                   beam_selection=args.beams, d_sg_min=args.d_sg,
                                   precession=GEOMETRIES[args.geometry or spec.get("geometry", "file")])
-    tag = args.tag or f"{args.sample}_{hand}"
-    log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         crystal, atoms, data, exp, bloch = load_problem(SHARED / spec["structure"][hand], SHARED / spec["data"],
@@ -149,6 +149,88 @@ def run(args) -> dict:
         from quartz_parity import reference_orientations
 
         exp = prepare_experiment(data, crystal, settings, orientations=reference_orientations(data.frame_id)[0])
+    return spec, hand, settings, crystal, atoms, data, exp, bloch
+
+
+def _config(args, t_best: float) -> RefineConfig:
+    """The refinement's settings from the command line (``t_best``: the single thickness ThicknessNN starts at)."""
+    return RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
+                        epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                        lr_groups=(("thickness", args.lr_thickness),)
+                        + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation
+                           else ()),
+                        lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
+                        orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
+                        frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed,
+                        frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup,
+                        lbfgs_metric=args.lbfgs_metric)
+
+
+def rebuild(tag: str):
+    """A recorded run's refined model as it ended: (Refinement, params, the run's JSON record).
+
+    The data are read again with the run's own command line (from its JSON), the frames set to the run's final
+    orientations (``<tag>_orientations.npy``) with the per-sample beams selected there — as the run's last cycle had
+    them — and the parameters loaded from ``<tag>_params.npz``. Evaluated in this process's precision (float64
+    unless ``--float32`` is on this command line)."""
+    path = RESULTS / f"{tag}.json"
+    if not path.exists():
+        raise SystemExit(f"{path}: no such run (expected a table2.py run's JSON)")
+    record = json.loads(path.read_text())
+    saved = RESULTS / f"{tag}_params.npz"
+    if not saved.exists():
+        raise SystemExit(f"{saved}: missing (runs before the parameters were kept with the results left only a "
+                         f"{tag}.ckpt folder, not in git: run the JSON's command again)")
+    args = parser().parse_args(shlex.split(record["command"])[2:])
+    _, _, _, crystal, atoms, _, exp, bloch = _setup(args)
+    orients = np.load(RESULTS / f"{tag}_orientations.npy")
+    if orients.shape[0] != exp.n_frames:
+        raise SystemExit(f"{tag}_orientations.npy: {orients.shape[0]} frames, the run's command gives {exp.n_frames}")
+    exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=orients), crystal)
+    problem = Refinement(crystal, atoms, exp, bloch, _config(args, record["single_thickness_A"]))
+    return problem, load_params(saved, problem.params0), record
+
+
+def fold_tilts(problem: Refinement, params: dict):
+    """The model with its joint tilts folded into the frames' orientations and the per-sample beams selected again
+    there: (Refinement without tilts, its parameters). The refined structure is the new problem's start."""
+    exp = orientation.with_corrections(problem.experiment, tilt_matrices(params["orientation"]))
+    exp = reselect_sample_beams(exp, problem.crystal)
+    folded = Refinement(problem.crystal, problem.atoms(params), exp, problem.bloch,
+                        dataclasses.replace(problem.config, refine_orientation=False,
+                                            lr_groups=tuple(g for g in problem.config.lr_groups
+                                                            if g[0] != "orientation")))
+    q = {k: v for k, v in params.items() if k != "orientation"}
+    return folded, dict(q, structure=folded.params0["structure"])
+
+
+def folded_report(problem: Refinement, params: dict, folded: Refinement, q: dict, log=print) -> dict:
+    """Are a run's joint tilts fitted to the beams chosen before them? Its model with the tilts applied on those
+    beams (as refined) against the tilts folded into the orientations with the beams reselected there (``fold_tilts``):
+    frame means, the frames that change most, and how the change follows the tilt."""
+    v, w = (objective.frame_values(pr.intensities(x), pr.obs) for pr, x in ((problem, params), (folded, q)))
+    tilt = np.rad2deg(np.hypot(*np.asarray(params["orientation"])[:, :2].T))
+    change = w["wR_all"] - v["wR_all"]
+    rows = {}
+    for name, pr, x in (("as refined", problem, params), ("folded", folded, q)):
+        r = pr.summary(x)
+        rows[name] = {k: float(r[k]) for k in ("R_obs_frame_mean", "wR_all_frame_mean", "R_obs", "wR_all")}
+        log(f"{name}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
+            f"{r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}")
+    for k in np.argsort(-np.abs(change))[:8]:
+        log(f"  frame {k + 1:3d}: wR_all {v['wR_all'][k]:.4f} → {w['wR_all'][k]:.4f}, R_obs "
+            f"{v['R_obs'][k]:.4f} → {w['R_obs'][k]:.4f}, tilt {tilt[k]:.3f}°")
+    corr = float(np.corrcoef(np.abs(change), tilt)[0, 1]) if np.ptp(tilt) > 0 else float("nan")
+    log(f"  correlation of |ΔwR_all| with the tilt {corr:.2f}; frames worse / better folded "
+        f"{int(np.sum(change > 0))} / {int(np.sum(change < 0))}; tilts median {np.median(tilt):.3f}°, "
+        f"largest {tilt.max():.3f}°")
+    return dict(rows, correlation=corr, worse=int(np.sum(change > 0)), better=int(np.sum(change < 0)))
+
+
+def run(args) -> dict:
+    spec, hand, settings, crystal, atoms, data, exp, bloch = _setup(args)
+    tag = args.tag or f"{args.sample}_{hand}"
+    log = lambda s: print(f"[{tag}] {s}", flush=True)  # noqa: E731
     log(f"{exp.n_frames} frames, {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams (padded), "
         f"{settings.n_samples} samples, absorption κ {args.absorption}"
         f"{' + thermal (TDS)' if args.thermal_absorption else ''}")
@@ -195,15 +277,7 @@ def run(args) -> dict:
     oriented = problem.summary(dict(problem.params0, thickness={"log_t0": jax.numpy.log(t_best)}))
     log(f"after orientation ({args.orientation}), t {t_best:.0f} Å: R_obs {oriented['R_obs']:.4f} "
         f"wR_all {oriented['wR_all']:.4f}")
-    config = RefineConfig(thickness_model=args.model, thickness_init=t_best, thickness_range=(50.0, 3000.0),
-                          epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-                          lr_groups=(("thickness", args.lr_thickness),)
-                          + ((("orientation", args.lr_orientation),) if args.joint_tilts and args.lr_orientation else ()),
-                          lr_schedule="cosine", refine_orientation=args.joint_tilts, aniso=args.aniso,
-                          orientation_angles=args.orientation_angles, per_frame_mean=args.per_frame_mean,
-                          frame_loss=args.frame_loss, checkpoint_every=25, seed=args.seed,
-                          frames_per_batch=args.frames_per_batch, lr_warmup=args.lr_warmup,
-                          lbfgs_metric=args.lbfgs_metric)
+    config = _config(args, t_best)
     problem = Refinement(crystal, atoms, exp, bloch, config)
     if args.init_from:  # continue from the structure and thickness model an earlier run refined (same frames)
         no_tilts = {k: v for k, v in problem.params0.items() if k != "orientation"}
@@ -335,7 +409,7 @@ def summary() -> None:
                       f"{twin['final'][k + '_frame_mean']:.2%} | | |")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", choices=sorted(SAMPLES), default="quartz")
     ap.add_argument("--hand", help="quartz: P3221 (published) or P3121 (its enantiomorph, Table 3)")
@@ -414,12 +488,35 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=20, help="print the loss every this many epochs")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--folded", metavar="TAG",
+                    help="a recorded run with joint tilts (its JSON and _params.npz): its model as refined (tilts on "
+                         "the beams chosen before them) vs the tilts folded into the orientations with the beams "
+                         "reselected there; with --save-folded, write the folded orientations")
+    ap.add_argument("--save-folded", help="with --folded: the folded orientations (.npy), for a run with "
+                                          "--orientations-from … --init-from <tag>_params.npz --init-without-tilts")
+    return ap
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     if args.hand and args.hand not in SAMPLES[args.sample]["structure"]:
         ap.error(f"--hand {args.hand}: {args.sample} has {sorted(SAMPLES[args.sample]['structure'])}")
     if args.log_every < 1:
         ap.error(f"--log-every {args.log_every}: expected a whole number of epochs ≥ 1")
-    summary() if args.summary else run(args)
+    if args.summary:
+        summary()
+    elif args.folded:
+        problem, params, _ = rebuild(args.folded)
+        if "orientation" not in params:
+            raise SystemExit(f"--folded {args.folded}: the run has no joint tilts (nothing to fold)")
+        folded, q = fold_tilts(problem, params)
+        if args.save_folded:
+            np.save(args.save_folded, np.asarray(folded.experiment.base_orientation))
+            print(f"folded orientations of {folded.experiment.n_frames} frames → {args.save_folded}")
+        folded_report(problem, params, folded, q)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":
