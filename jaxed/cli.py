@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from jaxed.errors import JaxedInputError
+from jaxed.experiment import GEOMETRIES
 
 __all__ = ["main"]
 
@@ -186,7 +187,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of one Bloch matrix (unset: none)")
     p.add_argument("--semi-angle", type=_positive(float), default=None,
                    help="integration semi-angle [deg] (default: the file's precession_angle column)")
-    p.add_argument("--geometry", choices=("file", "rotation", "precession"), default=None,  # experiment.GEOMETRIES
+    p.add_argument("--geometry", choices=tuple(GEOMETRIES), default=None,
                    help="integration over a rotation about the tilt axis or a precession cone (default: what the "
                    "file's measurement details say)")
     p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
@@ -271,7 +272,7 @@ def _progress(args) -> bool:
 def _load(args, s):
     import warnings
 
-    from jaxed.experiment import GEOMETRIES, ExperimentSettings
+    from jaxed.experiment import ExperimentSettings
     from jaxed.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
