@@ -9,13 +9,16 @@ One run = one (sample, structure, settings). The pipeline is the one a crystallo
 
 Results go to experiments/results/table2/<tag>.json (with the command line) and a thickness-vs-tilt plot;
 ``--summary`` prints Table 2 (and Table 3 when both quartz hands were run) beside Jana, the reference paper and
-diffBloch (docs/TARGETS.md).
+diffBloch (docs/TARGETS.md). ``--folded TAG`` rebuilds a recorded run from its JSON command line, final orientations
+and ``_params.npz`` and evaluates its model with the joint tilts on the beams chosen before them (as refined) and
+folded into the orientations with the beams reselected there.
 
 Examples:
     python experiments/table2.py --sample quartz                       # Table 2, quartz row
     python experiments/table2.py --sample quartz --hand P3121          # Table 3, the other hand
     python experiments/table2.py --sample cspbbr3 --g-max 1.2 --g-max-refine 1.0 --samples 15
     python experiments/table2.py --summary
+    python experiments/table2.py --folded TAG   # a recorded run rebuilt; its joint tilts as refined vs folded in
 """
 from __future__ import annotations
 
