@@ -211,12 +211,13 @@ def folded_report(problem: Refinement, params: dict, folded: Refinement, q: dict
     """Are a run's joint tilts fitted to the beams chosen before them? Its model with the tilts applied on those
     beams (as refined) against the tilts folded into the orientations with the beams reselected there (``fold_tilts``):
     frame means, the frames that change most, and how the change follows the tilt."""
-    v, w = (objective.frame_values(pr.intensities(x), pr.obs) for pr, x in ((problem, params), (folded, q)))
-    tilt = np.rad2deg(np.hypot(*np.asarray(params["orientation"])[:, :2].T))
+    i_calc = [pr.intensities(x) for pr, x in ((problem, params), (folded, q))]  # one evaluation each
+    v, w = (objective.frame_values(i, pr.obs) for i, pr in zip(i_calc, (problem, folded)))
+    tilt = np.rad2deg(np.hypot(*np.asarray(params["orientation"])[:, :2].T))  # the two beam-perpendicular tilts
     change = w["wR_all"] - v["wR_all"]
     rows = {}
-    for name, pr, x in (("as refined", problem, params), ("folded", folded, q)):
-        r = pr.summary(x)
+    for name, pr, i in (("as refined", problem, i_calc[0]), ("folded", folded, i_calc[1])):
+        r = pr.summarize(i)
         rows[name] = {k: float(r[k]) for k in ("R_obs_frame_mean", "wR_all_frame_mean", "R_obs", "wR_all")}
         log(f"{name}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
             f"{r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}")
