@@ -55,7 +55,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from table2 import RESULTS, SAMPLES, SHARED, folded_report  # noqa: E402
+from table2 import RESULTS, SAMPLES, SHARED, fold_tilts, folded_report  # noqa: E402
 
 from jaxed import metrics, objective  # noqa: E402
 from jaxed import orientation as ori  # noqa: E402
@@ -114,22 +114,18 @@ def _folded(tag: str, frames: str, run=None, **kw):
     move the orientation, start from them). ``run``: the run's ``_problem(tag, None, **kw)`` where the caller already
     has it. Returns (problem, params, the frames' indices, every frame's folded orientation)."""
     full, p = run or _problem(tag, None, **kw)
-    exp = full.experiment
-    if "orientation" in p:
-        exp = ori.with_corrections(exp, tilt_matrices(p["orientation"]))
     if frames == "all":
-        idx = np.arange(exp.n_frames)
+        idx = np.arange(full.experiment.n_frames)
     elif frames.startswith("worst:"):
         r_obs = objective.frame_values(full.intensities(p), full.obs)["R_obs"]
         idx = np.sort(np.argsort(-r_obs)[: int(frames.split(":")[1])])
     else:
         idx = np.array(sorted(int(f) - 1 for f in frames.split(",")))
-    sub = reselect_sample_beams(ori.select_frames(exp, idx), full.crystal)
-    problem = Refinement(full.crystal, full.atoms(p), sub, full.bloch,
-                         dataclasses.replace(full.config, refine_orientation=False))
-    q = {k: v for k, v in p.items() if k != "orientation"}
-    q["structure"] = problem.params0["structure"]  # the refined structure is this problem's start (ξ = 0)
-    return problem, q, idx, np.asarray(exp.base_orientation)
+    problem, q = fold_tilts(full, p, None if frames == "all" else idx)
+    base = full.experiment.base_orientation
+    if "orientation" in p:
+        base = ori.with_corrections(full.experiment, tilt_matrices(p["orientation"])).base_orientation
+    return problem, q, idx, np.asarray(base)
 
 
 def _print_model(name, problem, params):

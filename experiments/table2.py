@@ -194,10 +194,15 @@ def rebuild(tag: str):
     return problem, load_params(saved, problem.params0), record
 
 
-def fold_tilts(problem: Refinement, params: dict):
-    """The model with its joint tilts folded into the frames' orientations and the per-sample beams selected again
-    there: (Refinement without tilts, its parameters). The refined structure is the new problem's start."""
-    exp = orientation.with_corrections(problem.experiment, tilt_matrices(params["orientation"]))
+def fold_tilts(problem: Refinement, params: dict, frames=None):
+    """The model with its joint tilts (if it has them) folded into the frames' orientations, on ``frames`` (indices;
+    None: all), and the per-sample beams selected again there: (Refinement without tilts, its parameters). The
+    refined structure is the new problem's start."""
+    exp = problem.experiment
+    if "orientation" in params:
+        exp = orientation.with_corrections(exp, tilt_matrices(params["orientation"]))
+    if frames is not None:
+        exp = orientation.select_frames(exp, frames)
     exp = reselect_sample_beams(exp, problem.crystal)
     folded = Refinement(problem.crystal, problem.atoms(params), exp, problem.bloch,
                         dataclasses.replace(problem.config, refine_orientation=False,

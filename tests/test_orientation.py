@@ -276,7 +276,7 @@ def test_joint_tilts_folded_into_the_orientations_give_the_same_intensities(angl
     base orientations (orientation.with_corrections of tilt_matrices, as the refinement cycles and table2.py
     --folded do) are one geometry: with the per-sample beam sets kept, the integrated intensities agree to 1e-10
     (relative); any difference in the order of composition or a sign of an angle shows at 1e-3 here. Tilts of
-    0.05–0.3°, two demo frames, per-sample beams."""
+    0.05–0.3° (and a third angle, about the beam, of 0.5–0.8°), two demo frames, per-sample beams."""
     from jaxed.experiment import tilt_matrices
     from jaxed.orientation import with_corrections
 
