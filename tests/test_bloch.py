@@ -185,7 +185,8 @@ def test_vmap_equals_loop_and_jit_equals_eager():
 
 
 def test_padding_changes_nothing():
-    # The same frame padded to 3× its size: identical intensities (tol 1e-13) and gradients (tol 1e-10 relative).
+    # The same frame padded to 3× its size: identical intensities (tol 1e-13) and gradients (tol 1e-10 relative, and
+    # 1e-10 of the gradient's norm absolute).
     crystal, atoms, settings, rot, beams = setup()
     padded = make_beam_set([np.asarray(beams.hkl[0])[np.asarray(beams.mask[0])]], n_beams=3 * beams.n_beams)
     n = beams.n_beams
@@ -201,7 +202,10 @@ def test_padding_changes_nothing():
     g1 = jax.grad(loss, argnums=(0, 1))(*args, beams)
     g2 = jax.grad(loss, argnums=(0, 1))(*args, padded)
     for x, y in zip(g1, g2):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10, atol=1e-14)
+        # entries that vanish by symmetry sit at rounding level (≈ 1e-14 times the norm) and differ there: the
+        # absolute tolerance scales with the gradient's norm (a real padding leak is O(norm), 1e-10 of it fails)
+        x, y = np.asarray(x), np.asarray(y)
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-10 * np.linalg.norm(y))
 
 
 def test_absorption_first_order_vs_exact():
