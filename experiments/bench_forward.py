@@ -51,7 +51,10 @@ if THREADS == 1:  # one thread everywhere: with XLA's pool and OpenBLAS's both o
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 jax.config.update("jax_platforms", "cpu")
 
 import jax.numpy as jnp  # noqa: E402
@@ -60,9 +63,9 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jaxed.bloch import BlochSettings, frame_wavefunction, potential_table, simulate, structure_matrix  # noqa: E402
-from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.geometry import excitation_errors, make_beam_set, select_beams, zone_axis_rotation  # noqa: E402
+from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_table, simulate, structure_matrix  # noqa: E402
+from jaxed.physics.crystal import load_structure  # noqa: E402
+from jaxed.physics.geometry import excitation_errors, make_beam_set, select_beams, zone_axis_rotation  # noqa: E402
 
 ENERGY_KV = 200.0
 THICKNESS = np.array([100.0, 250.0, 400.0, 600.0])

@@ -1,6 +1,6 @@
 """Per-frame forward and forward+gradient on measured geometries: jaxed (eigh + Daleckii–Krein) vs expm vs eigh limit.
 
-One real frame of each dataset, prepared exactly as in a refinement (jaxed.experiment; beams = every |g| ≤ g_max with
+One real frame of each dataset, prepared exactly as in a refinement (jaxed.model.experiment; beams = every |g| ≤ g_max with
 |s_g| ≤ sg_max at some rocking sample, padded to a multiple of 8):
 
 * quartz — quartz_suresh2024 + quartz_P3221.cif, g_max 2.25, sg_max 0.01, 42 samples (and the same frame capped at
@@ -12,7 +12,7 @@ jaxed fwd+grad = value_and_grad of Σ w·I w.r.t. atoms and thickness; expm fwd+
 BlochSettings(propagator='expm') (jax.scipy.linalg.expm, diffBloch's method); eigh limit = jnp.linalg.eigh of
 n_samples random N×N Hermitian matrices (real symmetric for a crystal centric at the origin, whose model is real:
 BlochSettings.real_if_centric; the ', complex path' case turns that off). Every measurement is the minimum over interleaved repeats in one process,
-BLAS limited to 1 thread (jaxed.batching.blas_threads; the machine's 2 cores were shared with other jobs).
+BLAS limited to 1 thread (jaxed.model.batching.blas_threads; the machine's 2 cores were shared with other jobs).
 
 ``--quick``: fewer samples (quartz 42 → 42, CsPbBr₃ 60 → 2, expm CsPbBr₃ skipped); the per-frame numbers for the
 full sample count are then extrapolated linearly in the samples and marked '×'.
@@ -34,7 +34,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 FLOAT32 = "--float32" in sys.argv[1:]
 import jax  # noqa: E402
 
+import jaxed  # noqa: E402
+
 jax.config.update("jax_enable_x64", not FLOAT32)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 jax.config.update("jax_platforms", "cpu")
 
 import jax.numpy as jnp  # noqa: E402
@@ -42,11 +45,11 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jaxed.batching import blas_threads  # noqa: E402
-from jaxed.bloch import BlochSettings, centric_at_origin  # noqa: E402
-from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
-from jaxed.pets import read_pets  # noqa: E402
+from jaxed.model.batching import blas_threads  # noqa: E402
+from jaxed.physics.bloch import BlochSettings, centric_at_origin  # noqa: E402
+from jaxed.physics.crystal import load_structure  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
+from jaxed.data.pets import read_pets  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CASES = {

@@ -20,18 +20,21 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import jax  # noqa: E402
 
+import jaxed  # noqa: E402
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 jax.config.update("jax_platforms", "cpu")
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from jaxed import objective  # noqa: E402
-from jaxed.bloch import BlochSettings  # noqa: E402
-from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
-from jaxed.pets import read_pets  # noqa: E402
+from jaxed.refine import objective  # noqa: E402
+from jaxed.physics.bloch import BlochSettings  # noqa: E402
+from jaxed.physics.crystal import load_structure  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
+from jaxed.data.pets import read_pets  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 VARIANTS = [("midpoint", 42, "f64"), ("midpoint", 21, "f64"), ("midpoint", 12, "f64"), ("gauss", 21, "f64"),

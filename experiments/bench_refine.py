@@ -4,11 +4,11 @@ The real-data job of the speed issue: quartz_suresh2024.cif_pets with quartz_P32
 R_Sg 0.9, 42 rocking samples, 99 frames, Adam. One process measures, interleaved and repeated (minimum taken):
 
 * the jitted optimiser step (value_and_grad + Adam) for ThicknessNN and for a single thickness (same data);
-* each with the BLAS/LAPACK pool limited to 1 thread (jaxed.batching.blas_threads, the refinement default) and with
+* each with the BLAS/LAPACK pool limited to 1 thread (jaxed.model.batching.blas_threads, the refinement default) and with
   OpenBLAS's default pool (the behaviour before the fix);
 
 and extrapolates 200 epochs from the step time (compile time reported separately). ``--devices K`` shards the
-frames over K host devices (jaxed.distributed; the flag is applied before JAX is imported).
+frames over K host devices (jaxed.model.distributed; the flag is applied before JAX is imported).
 
     python experiments/bench_refine.py --quick                  # 33 frames, 2 repeats
     python experiments/bench_refine.py --devices 2 --samples 42
@@ -40,24 +40,27 @@ FLOAT32 = "--float32" in sys.argv[1:]
 if DEVICES > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={DEVICES}").strip()
-    os.environ.setdefault("PJRT_NPROC", str(max(2 * DEVICES, os.cpu_count() or 1)))  # see jaxed.distributed
+    os.environ.setdefault("PJRT_NPROC", str(max(2 * DEVICES, os.cpu_count() or 1)))  # see jaxed.model.distributed
 
 import jax  # noqa: E402
 
+import jaxed  # noqa: E402
+
 jax.config.update("jax_enable_x64", not FLOAT32)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 jax.config.update("jax_platforms", "cpu")
 
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from jaxed.bloch import BlochSettings  # noqa: E402
-from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.distributed import frame_mesh, replicate, shard_experiment  # noqa: E402
-from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
-from jaxed.pets import read_pets  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement  # noqa: E402
-from jaxed.workflow import parse_frames  # noqa: E402
+from jaxed.physics.bloch import BlochSettings  # noqa: E402
+from jaxed.physics.crystal import load_structure  # noqa: E402
+from jaxed.model.distributed import frame_mesh, replicate, shard_experiment  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
+from jaxed.data.pets import read_pets  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement  # noqa: E402
+from jaxed.app.workflow import parse_frames  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "experiments" / "results"

@@ -10,7 +10,7 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
 * ``thickness``: every frame's own best thickness on a grid (``--thickness-grid``, by wR_all; all frames, a run's
   joint tilts folded in) and R_obs / wR_all per frame there, against ThicknessNN's;
 * ``absorption-scale``: the run's model with the TDS absorptive potential multiplied by each of ``--abs-scales``
-  (a diagnostic wrapper of jaxed.bloch's absorptive coefficients, not a model option), not refitted: whether the
+  (a diagnostic wrapper of jaxed.physics.bloch's absorptive coefficients, not a model option), not refitted: whether the
   data want more or less absorption than the Einstein model computes;
 * ``gmin``: the run's model with and without the reflections below a low-resolution cut (``--g-min``), optionally
   evaluated with absorption (``--absorption κ``: the elastic fit's parameters, not refitted);
@@ -25,7 +25,7 @@ For the refined structure and ThicknessNN of a run (its checkpoint and searched 
   or elsewhere; also the site shifts and ‖ΔU‖_F between the two;
 * ``search``: chosen frames (``worst:K``, the K of highest R_obs; ``all``) of the run's model, its joint tilts folded
   into the orientations, searched again with the structure and thickness fixed (``--searches``: Nelder–Mead, three
-  angles, from ``--nm-step``; the hexagonal scan from that θ; the about-beam scan, jaxed.orientation): whether a
+  angles, from ``--nm-step``; the hexagonal scan from that θ; the about-beam scan, jaxed.refine.orientation): whether a
   frame sits in a worse orientation minimum than one nearby; ``--save-orientations`` writes every frame's
   orientation for a further table2.py cycle (``--keep-unsearched``: only the searched frames the search improved
   change, every other frame keeps the run's orientation and tilts, with a matching ``_params.npz``);
@@ -50,21 +50,24 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import RESULTS, SAMPLES, SHARED, fold_tilts, folded_report  # noqa: E402
 
-from jaxed import metrics, objective  # noqa: E402
-from jaxed import orientation as ori  # noqa: E402
+from jaxed.refine import metrics, objective  # noqa: E402
+from jaxed.refine import orientation as ori  # noqa: E402
 from jaxed.errors import JaxedInputError  # noqa: E402
-from jaxed.experiment import (ExperimentSettings, integrated_intensities, reselect_sample_beams,  # noqa: E402
+from jaxed.model.experiment import (ExperimentSettings, integrated_intensities, reselect_sample_beams,  # noqa: E402
                               tilt_matrices)
-from jaxed.geometry import rotation_x, rotation_z  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement, load_params, save_params  # noqa: E402
-from jaxed.workflow import load_problem  # noqa: E402
+from jaxed.physics.geometry import rotation_x, rotation_z  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement, load_params, save_params  # noqa: E402
+from jaxed.app.workflow import load_problem  # noqa: E402
 
 
 FRAMES_PER_BATCH = 0  # --frames-per-batch
@@ -110,7 +113,7 @@ def _problem(tag: str, frames: str | None, sg_max=0.01, g_max=2.0, g_min=0.0, ab
 
 def _folded(tag: str, frames: str, run=None, **kw):
     """The refined model of run ``tag`` on the chosen frames (``worst:K``: the K frames of highest R_obs; ``all``), its
-    joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.orientation, which
+    joint tilts folded into the frames' orientations (so that the structure-fixed searches of jaxed.refine.orientation, which
     move the orientation, start from them). ``run``: the run's ``_problem(tag, None, **kw)`` where the caller already
     has it. Returns (problem, params, the frames' indices, every frame's folded orientation)."""
     full, p = run or _problem(tag, None, **kw)
@@ -149,7 +152,7 @@ def main() -> None:
     ap.add_argument("--absorption", type=float, default=0.0, help="gmin: evaluate with absorption κ (U' = κU)")
     ap.add_argument("--kappas", default="0.05,0.1,0.15,0.2", help="kappa: absorption values to evaluate")
     ap.add_argument("--thermal-absorption", action="store_true",
-                    help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.absorption)")
+                    help="gmin, kappa: add the Einstein-model TDS absorptive potential (jaxed.physics.absorption)")
     ap.add_argument("--structures", default=str(Path(__file__).resolve().parent / "reference"
                                                  / "diffbloch_cspbbr3_absorption_refined.cif"),
                     help="structure: CIFs (comma-separated) whose sites and ADPs replace the run's refined ones")
@@ -196,7 +199,7 @@ def main() -> None:
                   f"{r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; "
                   f"pooled {r['R_obs']:.4f} / {r['wR_all']:.4f}", flush=True)
     if "absorption-scale" in args.check:
-        import jaxed.bloch as jbloch
+        import jaxed.physics.bloch as jbloch
 
         computed = jbloch.absorptive_coefficients
         try:

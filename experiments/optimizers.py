@@ -1,6 +1,6 @@
 """Optimisers compared: Adam, L-BFGS, Gauss–Newton, Levenberg–Marquardt and the hybrid (Adam thickness + LM structure).
 
-For each problem (quartz, CsPbBr₃, paracetamol; synthetic with a known truth made by ``jaxed.synth`` on the measured
+For each problem (quartz, CsPbBr₃, paracetamol; synthetic with a known truth made by ``jaxed.model.synth`` on the measured
 frame geometry, or the measured data with the published structure as the reference) and each optimiser, one run
 from the same displaced start records: final wR_all, ASU RMSD to the truth [Å], wall time [s] (compilation
 included), steps, objective / Jacobian evaluations, peak memory (max RSS of the run's own process [MB]) and the loss
@@ -43,18 +43,21 @@ def run_case(args) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    import jaxed
+
+    jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
     import dataclasses
 
     import numpy as np
 
-    from jaxed.bloch import BlochSettings
-    from jaxed.crystal import load_structure
-    from jaxed.experiment import ExperimentSettings, prepare_experiment
-    from jaxed.metrics import asu_rmsd
-    from jaxed.pets import read_pets
-    from jaxed.refine import RefineConfig, Refinement, run_refinement
-    from jaxed.synth import random_start, synthesize, thickness_profile
-    from jaxed.thickness import make_thickness_model
+    from jaxed.physics.bloch import BlochSettings
+    from jaxed.physics.crystal import load_structure
+    from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+    from jaxed.refine.metrics import asu_rmsd
+    from jaxed.data.pets import read_pets
+    from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
+    from jaxed.model.synth import random_start, synthesize, thickness_profile
+    from jaxed.model.thickness import make_thickness_model
 
     structure, data_file = SAMPLES[args.sample]
     crystal, truth = load_structure(str(SHARED / structure))

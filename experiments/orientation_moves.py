@@ -16,7 +16,10 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 import numpy as np  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
@@ -25,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quartz_parity import reference_orientations  # noqa: E402
 from table2 import SAMPLES, SHARED  # noqa: E402
 
-from jaxed.experiment import ExperimentSettings  # noqa: E402
-from jaxed.workflow import load_problem  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings  # noqa: E402
+from jaxed.app.workflow import load_problem  # noqa: E402
 
 
 def _polar(m: np.ndarray) -> np.ndarray:

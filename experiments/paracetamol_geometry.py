@@ -23,14 +23,17 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import SHARED, SAMPLES  # noqa: E402
 
-from jaxed.experiment import ExperimentSettings  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement  # noqa: E402
-from jaxed.workflow import load_problem  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement  # noqa: E402
+from jaxed.app.workflow import load_problem  # noqa: E402
 
 SPEC = SAMPLES["paracetamol"]
 

@@ -2,7 +2,7 @@
 refined first (structure fixed), then R factors — to compare with the peer's reference evaluation
 (R_obs 4.38 %, wR_all 4.20 %, N_all 1740, N_obs 958; t = 820 Å, g_max 2.25, sg_max 0.01, 42 samples, R_Sg 0.9,
 D_Sg 0.0015 with ``--d-sg 0.0015``). Both aggregates are reported: pooled over all reflections and the mean over
-frames of per-frame values (the peer's; jaxed.objective).
+frames of per-frame values (the peer's; jaxed.refine.objective).
 
     python experiments/quartz_parity.py [--method hexagonal|nelder-mead|gradient|none] [--samples 42] [--frames every:1]
                                         [--beams sample --max-beams 40] [--orientations pets|reference]
@@ -25,14 +25,17 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 import numpy as np  # noqa: E402
 
-from jaxed import orientation  # noqa: E402
-from jaxed.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement  # noqa: E402
-from jaxed.workflow import load_problem, search_orientations  # noqa: E402
+from jaxed.refine import orientation  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement  # noqa: E402
+from jaxed.app.workflow import load_problem, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

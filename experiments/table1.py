@@ -4,7 +4,7 @@ Two sources of synthetic data:
 
 * ``paper``: the reference paper's own synthetic datasets (../shared/data/synthetic/*_paper_data.cif_pets) with its
   displaced starting models (*_0{1,2,3}_displacement.cif); truth = the experimental models in structures/.
-* ``jaxed``: data made here by ``jaxed.synth`` (known random smooth thickness profile, I_max 1e6, Poisson noise),
+* ``jaxed``: data made here by ``jaxed.model.synth`` (known random smooth thickness profile, I_max 1e6, Poisson noise),
   starts displaced by Δ (0.2 Å default) with the symmetry-aware protocol.
 
 One run = one (sample, start, thickness model); its result goes to experiments/results/table1/<tag>.json and
@@ -27,18 +27,21 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 import numpy as np  # noqa: E402
 
-from jaxed.bloch import BlochSettings  # noqa: E402
-from jaxed.crystal import load_structure  # noqa: E402
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
-from jaxed.metrics import adp_frobenius, asu_rmsd, thickness_errors  # noqa: E402
-from jaxed.parameters import make_structure_model  # noqa: E402
-from jaxed.pets import read_pets  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement, run_refinement  # noqa: E402
-from jaxed.synth import random_start, synthesize, thickness_profile  # noqa: E402
+from jaxed.physics.bloch import BlochSettings  # noqa: E402
+from jaxed.physics.crystal import load_structure  # noqa: E402
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
+from jaxed.refine.metrics import adp_frobenius, asu_rmsd, thickness_errors  # noqa: E402
+from jaxed.model.parameters import make_structure_model  # noqa: E402
+from jaxed.data.pets import read_pets  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement  # noqa: E402
+from jaxed.model.synth import random_start, synthesize, thickness_profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -178,10 +181,10 @@ def run(args) -> dict:
 
 def expected_errors(problem, params, crystal) -> dict:
     """What the data can determine: the RMSD and ‖ΔU‖_F that the refined model's standard uncertainties
-    (jaxed.uncertainty, V = GoF² (JᵀWJ)⁻¹ of the structural parameters) predict,
+    (jaxed.refine.uncertainty, V = GoF² (JᵀWJ)⁻¹ of the structural parameters) predict,
     √(mean_j Σ_k σ²(x_jk)) [Å] and √(Σ_j Σ_kl σ²(U_jkl)) [Å²] — comparable with the achieved errors (an error well
     above them means the optimiser has not converged; near them, the noise of the data sets the floor)."""
-    from jaxed.uncertainty import standard_uncertainties
+    from jaxed.refine.uncertainty import standard_uncertainties
 
     # structure only, thickness network held at its refined values: forming J for its ~4 400 weights would cost
     # ~4 400 forward passes; the conditional s.u. are a lower bound of the full ones (correlations only add)

@@ -33,17 +33,20 @@ from pathlib import Path
 
 import jax
 
+import jaxed
+
 # float64 unless --float32 (complex64 Bloch waves: ≈ 2× faster on CPU; R factors move by < 0.0001 on quartz, README)
 jax.config.update("jax_enable_x64", "--float32" not in sys.argv)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
 import numpy as np  # noqa: E402
 
-from jaxed import metrics, objective, orientation  # noqa: E402
-from jaxed.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment,  # noqa: E402
+from jaxed.refine import metrics, objective, orientation  # noqa: E402
+from jaxed.model.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment,  # noqa: E402
                              reselect_sample_beams, tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
-from jaxed.refine import RefineConfig, Refinement, load_params, run_refinement, save_params  # noqa: E402
-from jaxed.workflow import load_problem, parse_frames, search_orientations  # noqa: E402
+from jaxed.refine.optimize import RefineConfig, Refinement, load_params, run_refinement, save_params  # noqa: E402
+from jaxed.app.workflow import load_problem, parse_frames, search_orientations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -429,7 +432,7 @@ def parser() -> argparse.ArgumentParser:
                     "--beams sample)")
     ap.add_argument("--g-max-refine", type=float, help="reflections used [1/Å]")
     ap.add_argument("--frames-per-batch", type=int, default=0,
-                    help="frames per device step of the refinement (0: jaxed.batching's memory model)")
+                    help="frames per device step of the refinement (0: jaxed.model.batching's memory model)")
     ap.add_argument("--g-min-refine", type=float, default=0.0,
                     help="reflections used: |g| ≥ this [1/Å] (a low-resolution cut; 0: none)")
     ap.add_argument("--geometry", choices=sorted(GEOMETRIES),
@@ -440,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
                     help="one Bloch matrix per frame, or per rocking sample with its own |s_g| ≤ sg_max beams")
     ap.add_argument("--absorption", type=float, default=0.0, help="κ: U' = κU (0: elastic)")
     ap.add_argument("--thermal-absorption", action="store_true",
-                    help="Einstein-model TDS absorptive potential from the ADPs (jaxed.absorption; adds to κ)")
+                    help="Einstein-model TDS absorptive potential from the ADPs (jaxed.physics.absorption; adds to κ)")
     ap.add_argument("--reselect", action="store_true",
                     help="after the orientation search, select reflections (R_Sg, D_Sg) at the refined orientations")
     ap.add_argument("--per-frame-mean", action="store_true",

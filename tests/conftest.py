@@ -7,10 +7,13 @@ import tempfile
 from pathlib import Path
 
 import jax
+
+import jaxed
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # One fresh persistent compilation cache per test session: tests that build the same programs (same shapes, same
 # data) compile them once. Fresh each session, so nothing carries over between runs.

@@ -1,4 +1,4 @@
-"""Thermal-diffuse-scattering absorptive potential (jaxed.absorption, PHYSICS.md §3.3) against independent routes:
+"""Thermal-diffuse-scattering absorptive potential (jaxed.physics.absorption, PHYSICS.md §3.3) against independent routes:
 the closed form that Gaussian form factors admit, the 1-D TDS cross-section, B → 0, symmetry, decay of the total
 intensity, perturbative vs exact propagation, and finite-difference gradients through the ADPs."""
 import dataclasses
@@ -10,12 +10,12 @@ import pytest
 from scipy import integrate
 
 from conftest import ROOT, directional_fd
-from jaxed.absorption import absorptive_coefficients, absorptive_form_factors, tds_integral
-from jaxed.bloch import BlochSettings, potential_table, simulate
-from jaxed.crystal import AtomParams, expand, load_structure
-from jaxed.geometry import make_beam_set, select_beams, zone_axis_rotation
-from jaxed.potential import potential_coefficients
-from jaxed.scattering import form_factor_coefficients
+from jaxed.physics.absorption import absorptive_coefficients, absorptive_form_factors, tds_integral
+from jaxed.physics.bloch import BlochSettings, potential_table, simulate
+from jaxed.physics.crystal import AtomParams, expand, load_structure
+from jaxed.physics.geometry import make_beam_set, select_beams, zone_axis_rotation
+from jaxed.physics.potential import potential_coefficients
+from jaxed.physics.scattering import form_factor_coefficients
 
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
 QUARTZ = ROOT / "jaxed" / "data" / "quartz_P3221.cif"

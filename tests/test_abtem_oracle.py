@@ -59,9 +59,9 @@ from abtem.bloch.dynamical import (  # noqa: E402
 )
 
 from conftest import ROOT  # noqa: E402
-from jaxed.bloch import BlochSettings, simulate  # noqa: E402
-from jaxed.crystal import iso_u_star, load_structure  # noqa: E402
-from jaxed.geometry import make_beam_set, select_beams, zone_axis_rotation  # noqa: E402
+from jaxed.physics.bloch import BlochSettings, simulate  # noqa: E402
+from jaxed.physics.crystal import iso_u_star, load_structure  # noqa: E402
+from jaxed.physics.geometry import make_beam_set, select_beams, zone_axis_rotation  # noqa: E402
 
 DATA = ROOT / "jaxed" / "data"
 ENERGY_KV = 200.0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from jaxed.cli import main
+from jaxed.app.cli import main
 
 DATA = ROOT / "jaxed" / "data"
 QUARTZ = DATA / "quartz_P3221.cif"
@@ -192,15 +192,15 @@ def test_absurd_g_max_is_refused_before_allocating(tmp_path, capsys):
 
 
 def test_memory_check_asks_for_one_frame_because_frames_run_in_chunks(monkeypatch):
-    # The refinement and the evaluation run the frames in memory-sized chunks (jaxed.batching), so loading must
+    # The refinement and the evaluation run the frames in memory-sized chunks (jaxed.model.batching), so loading must
     # refuse only settings whose single frame does not fit: with room for 1.5 frames, 3 frames load; with room for
     # half a frame, loading refuses in one line.
     import warnings
 
-    from jaxed import workflow
-    from jaxed.crystal import load_structure
-    from jaxed.experiment import ExperimentSettings
-    from jaxed.pets import read_pets
+    from jaxed.app import workflow
+    from jaxed.physics.crystal import load_structure
+    from jaxed.model.experiment import ExperimentSettings
+    from jaxed.data.pets import read_pets
 
     settings = ExperimentSettings(g_max=1.6, sg_max=0.01, n_samples=5)
     with warnings.catch_warnings():
@@ -222,10 +222,10 @@ def test_memory_estimate_is_close_to_the_real_beam_count():
     # within a factor 2 of the beams the host-side selection actually picks.
     import warnings
 
-    from jaxed.crystal import load_structure
-    from jaxed.experiment import ExperimentSettings, prepare_experiment
-    from jaxed.pets import read_pets
-    from jaxed.workflow import estimate_bloch_bytes
+    from jaxed.physics.crystal import load_structure
+    from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+    from jaxed.data.pets import read_pets
+    from jaxed.app.workflow import estimate_bloch_bytes
 
     crystal, _ = load_structure(QUARTZ)
     with warnings.catch_warnings():
@@ -288,7 +288,7 @@ def test_sigkill_then_resume_loses_no_epoch(tmp_path, compilation_cache):
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(compilation_cache)}
 
     def command(out, *extra):
-        return [sys.executable, "-m", "jaxed.cli", *map(str, _refine_args(out, *extra))]
+        return [sys.executable, "-m", "jaxed.app.cli", *map(str, _refine_args(out, *extra))]
 
     out = tmp_path / "killed"
     cmd = command(out, "--epochs", "100000", "--checkpoint-every", "1")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, directional_fd
-from jaxed.bloch import BlochSettings, frame_wavefunction, potential_table, propagate_eigh, simulate
-from jaxed.crystal import AtomParams, load_structure
-from jaxed.geometry import make_beam_set, rotation_x, select_beams, zone_axis_rotation
-from jaxed.potential import potential_coefficients
+from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_table, propagate_eigh, simulate
+from jaxed.physics.crystal import AtomParams, load_structure
+from jaxed.physics.geometry import make_beam_set, rotation_x, select_beams, zone_axis_rotation
+from jaxed.physics.potential import potential_coefficients
 
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
 GENERAL_AXIS = [1.0, 0.13, 2.4]  # a general (non-zone-axis) direction, from the CLI example
@@ -236,7 +236,7 @@ def test_absorbing_propagator_has_no_secular_error():
     # first-order form diag(e^{iτλ̃}) + iW_off∘Φ (written here with numpy) misses the second-order eigenvalue shift, so
     # its error relative to the exact exponential grows with τ (measured ×8 from τ = 5 to 80; require ≥ ×4); with the
     # exponentiated shift (jaxed) it does not grow (require ≤ ×2) and is ≥ 10× smaller at τ = 20 and 80.
-    from jaxed.bloch import propagate_absorbing, propagate_expm
+    from jaxed.physics.bloch import propagate_absorbing, propagate_expm
 
     rng = np.random.default_rng(7)
     n = 6
@@ -330,7 +330,7 @@ def test_divided_differences_of_exp_against_the_definition():
     # Reference: the definition in extended precision (mpmath-free: numpy longdouble) where |λ_j − λ_k| is large, the
     # limit iτ e^{iτλ} on the diagonal, and the series where the gap is tiny. Gaps span 1e-12 … 1 Å⁻² and cross the
     # series/product switch (x₀ = 0.01) on both sides. Tolerance 1e-11 relative to max|Φ| (float64).
-    from jaxed.bloch import _divided_exp
+    from jaxed.physics.bloch import _divided_exp
 
     lam = np.array([-0.8, -0.3, -0.3 + 1e-12, 0.05, 0.05 + 2e-4, 0.05 + 4e-4, 0.2, 0.2 + 3e-3, 0.61])
     tau = np.array([5.0, 64.6, 300.0])
@@ -398,7 +398,7 @@ def test_real_path_for_a_crystal_centric_at_the_origin(tmp_path, kappa):
     # intensities (1e-12 absolute) and gradients w.r.t. positions, ADPs and thickness (1e-8 relative) as the complex
     # path, elastic and with perturbative absorption; its gradient matches central differences (1e-6 relative).
     # The same crystal with the centre moved to (1/4, 0, 0) has complex U_g (|Im U| > 1e-3 max|U|) and no real path.
-    from jaxed.bloch import centric_at_origin
+    from jaxed.physics.bloch import centric_at_origin
 
     (tmp_path / "origin.cif").write_text(_P1BAR.format(inv="-x,-y,-z"))
     (tmp_path / "shifted.cif").write_text(_P1BAR.format(inv="-x+1/2,-y,-z"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from jaxed.cli import main
+from jaxed.app.cli import main
 
 QUARTZ = str(ROOT / "jaxed" / "data" / "quartz_P3221.cif")
 SIMPLE = str(ROOT / "jaxed" / "data" / "simple_crystals.cif")
@@ -87,7 +87,7 @@ def test_unknown_element_and_bad_beams_file(tmp_path, capsys):
 
 
 def test_console_script_bad_input_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jaxed.cli", "simulate", "/nonexistent.cif", "--beam", "0", "0", "1",
+    proc = subprocess.run([sys.executable, "-m", "jaxed.app.cli", "simulate", "/nonexistent.cif", "--beam", "0", "0", "1",
                            "--thickness", "10", "--out", str(tmp_path / "o.csv")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

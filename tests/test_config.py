@@ -1,4 +1,4 @@
-"""Settings: one schema (jaxed.config) for config files, command-line help and validation; the effective settings of a
+"""Settings: one schema (jaxed.app.config) for config files, command-line help and validation; the effective settings of a
 run are saved and read back; report.md and the refined CIF's standard tags."""
 import json
 
@@ -8,9 +8,9 @@ import pytest
 
 from conftest import ROOT
 from jaxed import __version__
-from jaxed.config import effective_settings, read_config, schema, validate, write_config
-from jaxed.cli import main
-from jaxed.crystal import load_structure
+from jaxed.app.config import effective_settings, read_config, schema, validate, write_config
+from jaxed.app.cli import main
+from jaxed.physics.crystal import load_structure
 from jaxed.errors import JaxedInputError
 
 DATA = ROOT / "jaxed" / "data"
@@ -157,7 +157,7 @@ def test_refine_writes_report_md_cif_tags_and_its_settings(tmp_path, capsys):
 
 
 def test_report_md_shows_r_free_and_standard_uncertainties_when_given(tmp_path):
-    from jaxed.report import write_markdown_report
+    from jaxed.app.report import write_markdown_report
 
     path = tmp_path / "report.md"
     row = {"label": "Si1", "element": "Si", "x": 0.47, "y": 0.1, "z": 0.2, "U_eq": 0.0123, "occupancy": 1.0,

@@ -6,9 +6,9 @@ import pytest
 from jax.test_util import check_grads
 
 from conftest import ROOT, directional_fd
-from jaxed.bloch import BlochSettings, propagate_eigh, simulate
-from jaxed.crystal import AtomParams, load_structure
-from jaxed.geometry import make_beam_set, select_beams, zone_axis_rotation
+from jaxed.physics.bloch import BlochSettings, propagate_eigh, simulate
+from jaxed.physics.crystal import AtomParams, load_structure
+from jaxed.physics.geometry import make_beam_set, select_beams, zone_axis_rotation
 
 QUARTZ = ROOT / "jaxed" / "data" / "quartz_P3221.cif"
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
@@ -56,8 +56,8 @@ def test_gradients_at_a_zone_axis_with_degenerate_eigenvalues():
     #     gives non-finite gradients there: this test would catch a regression to that.
     # (2) jaxed's Daleckii–Krein derivative is finite and matches central differences (tol 1e-6 relative).
     crystal, atoms, settings, rot, beams = _problem(SIMPLE, "SrTiO3", [0, 0, 1], 1.5, 0.03)
-    from jaxed.bloch import potential_table, structure_matrix
-    from jaxed.geometry import excitation_errors
+    from jaxed.physics.bloch import potential_table, structure_matrix
+    from jaxed.physics.geometry import excitation_errors
 
     u_ext = potential_table(atoms, crystal, beams, settings)
     g_lab = beams.hkl[0].astype(jnp.float64) @ jnp.asarray(rot @ np.asarray(crystal.reciprocal)).T

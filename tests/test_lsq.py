@@ -1,4 +1,4 @@
-"""Gauss–Newton / Levenberg–Marquardt (jaxed.lsq), R_free and the optimizer dispatch of run_refinement.
+"""Gauss–Newton / Levenberg–Marquardt (jaxed.refine.lsq), R_free and the optimizer dispatch of run_refinement.
 
 Small noise-free synthetic quartz problems (float64): a few frames, g_max 1.4 Å⁻¹, 3–5 rocking samples.
 """
@@ -10,18 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed import objective
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
+from jaxed.refine import objective
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, prepare_experiment
-from jaxed.lsq import LeastSquares, LSQSettings, least_squares
-from jaxed.metrics import asu_rmsd
-from jaxed.pets import read_pets
-from jaxed.refine import RefineConfig, Refinement, run_refinement
-from jaxed.synth import random_start, synthesize
-from jaxed.thickness import make_thickness_model
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares
+from jaxed.refine.metrics import asu_rmsd
+from jaxed.data.pets import read_pets
+from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
+from jaxed.model.synth import random_start, synthesize
+from jaxed.model.thickness import make_thickness_model
 
 SMALL = ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.4, r_sg_max=None, n_samples=5)
 
@@ -67,7 +67,7 @@ def test_residual_vector_squares_to_the_loss_and_jacobian_modes_agree(quartz):
 
 def test_jacobian_in_chunks_equals_the_whole(quartz):
     # When the tangents of all parameters (or cotangents of all residuals) do not fit in memory, J is built in
-    # chunks by lax.map (LeastSquares.jacobian_chunk, from jaxed.batching's memory model). Chunks of 3 give the
+    # chunks by lax.map (LeastSquares.jacobian_chunk, from jaxed.model.batching's memory model). Chunks of 3 give the
     # same J as one vmapped call, to 1e-12 relative, in both modes, and the chunked program still holds one eigh.
     problem = _problem(quartz, 0.05, thickness_init=600.0)
     for mode in ("fwd", "rev"):
@@ -229,7 +229,7 @@ def test_damped_step_ignores_a_parameter_the_data_do_not_see():
     # J has a zero column (a parameter with no effect on any residual); rounding leaves g_1 = 1e-12 instead of 0.
     # The LM step must not move it (before the fix: |δ_1| ≈ 1e-12 / (λ · 1e-14 floor) → 10⁹ at λ = 1e-5), and the
     # seen parameter gets the exact damped step −g₀ / (1 + λ) (Marquardt scaling: D = diag JᵀJ = 1).
-    from jaxed.lsq import _dense_step, _scaled_eigen
+    from jaxed.refine.lsq import _dense_step, _scaled_eigen
 
     jac = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     g = np.array([0.3, 1e-12])

@@ -1,4 +1,4 @@
-"""Memory model and frame chunking (jaxed.batching), Gauss–Legendre rocking quadrature (jaxed.experiment)."""
+"""Memory model and frame chunking (jaxed.model.batching), Gauss–Legendre rocking quadrature (jaxed.model.experiment)."""
 import dataclasses
 import warnings
 
@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed.batching import bytes_per_frame, frames_per_batch
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
+from jaxed.model.batching import bytes_per_frame, frames_per_batch
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
-from jaxed.pets import read_pets
+from jaxed.model.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
+from jaxed.data.pets import read_pets
 
 
 @pytest.fixture(scope="module")

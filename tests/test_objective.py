@@ -1,4 +1,4 @@
-"""Tests of jaxed.objective: closed-form scales, R factors against loop implementations, NaN safety, gradients,
+"""Tests of jaxed.refine.objective: closed-form scales, R factors against loop implementations, NaN safety, gradients,
 padding/permutation invariance and the paper's weak rule. float64 throughout (tests/conftest.py).
 
 Every residual is evaluated through one jitted function, :func:`_quantities`, so that each array shape compiles once.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from jaxed import objective as obj
+from jaxed.refine import objective as obj
 
 U = 0.01
 KINDS = ("paper", "jana")
@@ -23,7 +23,7 @@ LOSS_MODES = (("", False, "rms"), ("_mean", True, "rms"), ("_fmean", True, "mean
 
 
 def _quantities(i_calc, obs, with_grads=False):
-    """Every output of jaxed.objective for unscaled model intensities, both kinds; optionally the loss gradients."""
+    """Every output of jaxed.refine.objective for unscaled model intensities, both kinds; optionally the loss gradients."""
     out = {}
     for kind in KINDS:
         k = obj.frame_scales(i_calc, obs, kind=kind)

@@ -5,15 +5,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, prepare_experiment
-from jaxed.orientation import frame_losses, gradient_tilts, hexagonal_scan, misorientation_deg, nelder_mead
-from jaxed.pets import read_pets
-from jaxed.refine import RefineConfig, Refinement
-from jaxed.synth import synthesize
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine.orientation import frame_losses, gradient_tilts, hexagonal_scan, misorientation_deg, nelder_mead
+from jaxed.data.pets import read_pets
+from jaxed.refine.optimize import RefineConfig, Refinement
+from jaxed.model.synth import synthesize
 
 SETTINGS = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, r_sg_max=None, n_samples=15)
 
@@ -71,8 +71,8 @@ def test_cli_hexagonal_search_before_refinement(misoriented, tmp_path):
     # are noise-free and 0.15° off), and the search must leave the run's other outputs intact.
     import json
 
-    from jaxed.cli import main
-    from jaxed.pets import write_pets
+    from jaxed.app.cli import main
+    from jaxed.data.pets import write_pets
 
     problem, _ = misoriented
     structure, data_path, _ = demo_files()
@@ -127,7 +127,7 @@ def test_rotation_about_the_beam_changes_only_rocking_integrated_intensities():
     # relative at δ₃ = 0.3°). A tilt ⟂ beam (δ₁) changes even the still frame.
     import jax.numpy as jnp
 
-    from jaxed.experiment import integrated_intensities
+    from jaxed.model.experiment import integrated_intensities
 
     structure, data_path, _ = demo_files()
     crystal, atoms = load_structure(structure)
@@ -158,7 +158,7 @@ def test_rotation_about_the_beam_changes_only_rocking_integrated_intensities():
 
 
 def test_tilt_corrections_must_have_two_or_three_angles():
-    from jaxed.experiment import tilt_matrices
+    from jaxed.model.experiment import tilt_matrices
 
     assert tilt_matrices(np.zeros((4, 3))).shape == (4, 3, 3)
     with pytest.raises(JaxedInputError, match=r"expected \(n_frames, 2\) or \(n_frames, 3\)"):
@@ -170,7 +170,7 @@ def test_searches_score_trials_with_the_trial_orientations_own_sample_beams():
     scored with the beams selected at *that* orientation: the wR_all a search reports for each frame equals the
     wR_all of the returned orientation with its beams reselected (1e-10), and the search still recovers the truth.
     Scored with the starting orientation's beams instead, the two differ by ≈ 1e-2 here (checked)."""
-    from jaxed.experiment import reselect_sample_beams
+    from jaxed.model.experiment import reselect_sample_beams
 
     crystal, atoms, data, true = _two_frames_and_their_true_angles()
     settings = dataclasses.replace(SETTINGS, beam_selection="sample", max_beams=24)
@@ -187,7 +187,7 @@ def test_searches_score_trials_with_the_trial_orientations_own_sample_beams():
 def test_search_chain_rejects_unknown_searches_and_options(misoriented):
     """search_orientations: searches chain with '+'; an unknown search or an option no search takes is a one-line
     JaxedInputError naming it (a mistyped option must not be dropped silently)."""
-    from jaxed.workflow import search_orientations
+    from jaxed.app.workflow import search_orientations
 
     problem, _ = misoriented
     args = (problem.crystal, problem.atoms(problem.params0), problem.experiment, problem.bloch, problem.config)
@@ -204,7 +204,7 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
     # while the search still lowers each frame's wR_all.
     from scipy.spatial.transform import Rotation
 
-    from jaxed.geometry import rotation_z
+    from jaxed.physics.geometry import rotation_z
 
     crystal, atoms, data, _ = _two_frames_and_their_true_angles()
     exp = prepare_experiment(data, crystal, SETTINGS)
@@ -235,8 +235,8 @@ def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alo
     # batched about-beam scan (grid 1°, then ± steps halved to 0.05°) turns each frame back to within 0.1° of −1.5°
     # and lowers every frame's wR_all by > 3×. A still frame (1 sample) does not see the turn: every trial ties with
     # the start, so the scan keeps ω = 0 exactly.
-    from jaxed.geometry import rotation_z
-    from jaxed.orientation import about_beam_scan
+    from jaxed.physics.geometry import rotation_z
+    from jaxed.refine.orientation import about_beam_scan
 
     crystal, atoms, data, _ = _two_frames_and_their_true_angles()
     for n_samples in (15, 1):
@@ -260,7 +260,7 @@ def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alo
 def test_search_losses_in_frame_chunks_equal_one_batched_call(misoriented, monkeypatch):
     # The searches' per-frame wR_all runs the frames in chunks when the memory model says they do not all fit: with
     # one frame per chunk forced, the values equal the one-call values (float64, rtol 1e-12), frame by frame.
-    from jaxed import batching
+    from jaxed.model import batching
 
     problem, _ = misoriented
     whole = frame_losses(problem, problem.params0)
@@ -272,13 +272,13 @@ def test_search_losses_in_frame_chunks_equal_one_batched_call(misoriented, monke
 
 @pytest.mark.parametrize("angles", [2, 3])
 def test_joint_tilts_folded_into_the_orientations_give_the_same_intensities(angles):
-    """A refinement's joint tilts (jaxed.experiment.frame_orientations) and the same tilts folded into the frames'
+    """A refinement's joint tilts (jaxed.model.experiment.frame_orientations) and the same tilts folded into the frames'
     base orientations (orientation.with_corrections of tilt_matrices, as the refinement cycles and table2.py
     --folded do) are one geometry: with the per-sample beam sets kept, the integrated intensities agree to 1e-10
     (relative); any difference in the order of composition or a sign of an angle shows at 1e-3 here. Tilts of
     0.05–0.3° (and a third angle, about the beam, of 0.5–0.8°), two demo frames, per-sample beams."""
-    from jaxed.experiment import tilt_matrices
-    from jaxed.orientation import with_corrections
+    from jaxed.model.experiment import tilt_matrices
+    from jaxed.refine.orientation import with_corrections
 
     crystal, atoms, data, _ = _two_frames_and_their_true_angles()
     settings = dataclasses.replace(SETTINGS, beam_selection="sample", max_beams=24)

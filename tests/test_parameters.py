@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, shared_file
-from jaxed.crystal import load_structure
-from jaxed.metrics import adp_frobenius, asu_rmsd
-from jaxed.parameters import make_structure_model
-from jaxed.synth import random_start
+from jaxed.physics.crystal import load_structure
+from jaxed.refine.metrics import adp_frobenius, asu_rmsd
+from jaxed.model.parameters import make_structure_model
+from jaxed.model.synth import random_start
 
 QUARTZ = ROOT / "jaxed" / "data" / "quartz_P3221.cif"
 

@@ -1,4 +1,4 @@
-"""jaxed.pets: the PETS2 `.cif_pets` reader/writer and its frame geometry (docs/PETS.md).
+"""jaxed.data.pets: the PETS2 `.cif_pets` reader/writer and its frame geometry (docs/PETS.md).
 
 The real and synthetic files of ../shared/data are each parsed once per module (``_load``); tests that need them
 skip cleanly when the shared data are absent. Every numeric assertion states its tolerance and why.
@@ -15,7 +15,7 @@ import pytest
 
 from conftest import shared_file
 from jaxed.errors import JaxedInputError
-from jaxed.pets import (PetsData, beam_uvw, cell_from_ub, check_cell_match, excitation_errors, frame_rotation,
+from jaxed.data.pets import (PetsData, beam_uvw, cell_from_ub, check_cell_match, excitation_errors, frame_rotation,
                         read_pets, rotation_x, rotation_y, rotation_z, write_pets)
 
 REAL = ["pets/cspbbr3_suresh2024.cif_pets", "pets/paracetamol_formII.cif_pets", "pets/quartz_dials_dyn.cif_pets",

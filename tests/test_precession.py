@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import shared_file
-from jaxed.experiment import ExperimentSettings
-from jaxed.refine import RefineConfig, Refinement
-from jaxed.workflow import load_problem
+from jaxed.model.experiment import ExperimentSettings
+from jaxed.refine.optimize import RefineConfig, Refinement
+from jaxed.app.workflow import load_problem
 
 STRUCTURE, DATA = "structures/paracetamol_formII_Pbca.cif", "pets/paracetamol_formII.cif_pets"
 
@@ -69,7 +69,7 @@ def test_geometry_option_of_the_command_line(tmp_path):
     # `jaxed evaluate --geometry precession` integrates over the cone, `rotation` (and the default: the file says
     # continuous rotation) over the tilt axis; the setting is written to the run's config. Same reflections (R_Sg
     # cap lifted): the cone is the better fit, as above.
-    from jaxed.cli import main
+    from jaxed.app.cli import main
 
     common = [str(shared_file(STRUCTURE)), str(shared_file(DATA)), "--frames", "1,40", "--samples", "12",
               "--beams", "sample", "--max-beams", "40", "--g-max", "1.4", "--g-max-refine", "1.2", "--r-sg", "1000",

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
-from jaxed.experiment import ExperimentSettings, prepare_experiment
-from jaxed.metrics import asu_rmsd
-from jaxed.pets import read_pets, write_pets
-from jaxed.refine import (RefineConfig, Refinement, RefinementDiverged, load_checkpoint, load_params,
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine.metrics import asu_rmsd
+from jaxed.data.pets import read_pets, write_pets
+from jaxed.refine.optimize import (RefineConfig, Refinement, RefinementDiverged, load_checkpoint, load_params,
                           run_refinement, save_params)
-from jaxed.synth import random_start, synthesize, thickness_profile
+from jaxed.model.synth import random_start, synthesize, thickness_profile
 
 SMALL = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.2, r_sg_max=0.9, n_samples=5)
 
@@ -241,7 +241,7 @@ def test_progress_rows_from_the_steps_own_intensities_equal_a_separate_forward(d
     # the parameters it started from, and writes row e - 1 at epoch e. Its rows must equal those of the same
     # monitor evaluating the model after every step itself (float64, rtol 1e-10); an off-by-one epoch would
     # differ by the step's change in wR_all (≈ 1e-3 here).
-    from jaxed.workflow import _epoch_monitor, _read_epochs
+    from jaxed.app.workflow import _epoch_monitor, _read_epochs
 
     config = RefineConfig(thickness_model="nn", epochs=5, checkpoint_every=0, lr=5e-3)
     problem = _problem(demo, frames=(0, 12), config=config)
@@ -302,7 +302,7 @@ def test_synth_round_trip_and_protocol(demo, tmp_path):
 
 def test_refine_and_evaluate_commands(tmp_path, capsys):
     # The CLI on the shipped demo data (3 frames, 2 epochs): report.json keys, refined.cif readable by gemmi.
-    from jaxed.cli import main
+    from jaxed.app.cli import main
 
     structure, data_path, _ = demo_files()
     common = [str(structure), str(data_path), "--frames", "1,9,17", "--samples", "3", "--g-max", "1.2",
@@ -351,9 +351,9 @@ def test_minibatch_and_thickness_sampling(demo):
 def test_d_sg_keeps_exactly_the_reflections_crossed_with_a_margin(demo):
     """D_Sg (Klar et al. 2023 as diffBloch applies it): a frame keeps a listed reflection only if its Bragg condition
     is crossed with a margin, Δs_g − |s_g| > D with Δs_g = |g_y|·φ_semi. Checked against the kept set computed
-    independently from the PETS geometry (jaxed.pets: R_x(α)R_y(β)·UB, degrees) on the shipped quartz frames:
+    independently from the PETS geometry (jaxed.data.pets: R_x(α)R_y(β)·UB, degrees) on the shipped quartz frames:
     exactly the same (frame, hkl) pairs; D = 0.0015 drops some of the R_Sg ≤ 0.9 set and D = 10 drops them all."""
-    from jaxed.pets import excitation_errors, frame_rotation
+    from jaxed.data.pets import excitation_errors, frame_rotation
 
     crystal, atoms, data, _ = demo
     frames = [0, 5, 10, 15]

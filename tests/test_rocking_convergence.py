@@ -10,9 +10,9 @@ import warnings
 import pytest
 
 from conftest import shared_file
-from jaxed.experiment import ExperimentSettings
-from jaxed.refine import RefineConfig, Refinement
-from jaxed.workflow import load_problem
+from jaxed.model.experiment import ExperimentSettings
+from jaxed.refine.optimize import RefineConfig, Refinement
+from jaxed.app.workflow import load_problem
 
 
 def _r_obs(n_samples: int) -> float:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import directional_fd
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import (ExperimentSettings, integrated_intensities, prepare_experiment, reselect_sample_beams,
+from jaxed.model.experiment import (ExperimentSettings, integrated_intensities, prepare_experiment, reselect_sample_beams,
                               take_frames)
-from jaxed.orientation import with_corrections
-from jaxed.geometry import excitation_errors
-from jaxed.geometry import rotation_x as jaxed_rotation_x
-from jaxed.pets import read_pets
+from jaxed.refine.orientation import with_corrections
+from jaxed.physics.geometry import excitation_errors
+from jaxed.physics.geometry import rotation_x as jaxed_rotation_x
+from jaxed.data.pets import read_pets
 
 BASE = ExperimentSettings(g_max=1.2, sg_max=0.01, g_max_refine=1.0, n_samples=5, beam_selection="sample")
 THICKNESS = 650.0

@@ -1,4 +1,4 @@
-"""Frames sharded over 4 CPU devices (jaxed.distributed): the loss and gradient equal the single-device ones.
+"""Frames sharded over 4 CPU devices (jaxed.model.distributed): the loss and gradient equal the single-device ones.
 
 The device count must be fixed before JAX is imported, so the check runs in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=4; it prints one JSON line that the test inspects.
@@ -19,13 +19,13 @@ SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp, numpy as np
-    from jaxed.bloch import BlochSettings
-    from jaxed.crystal import load_structure
-    from jaxed.demo import demo_files
-    from jaxed.distributed import frame_mesh, replicate, shard_experiment
-    from jaxed.experiment import ExperimentSettings, prepare_experiment
-    from jaxed.pets import read_pets
-    from jaxed.refine import RefineConfig, Refinement
+    from jaxed.physics.bloch import BlochSettings
+    from jaxed.physics.crystal import load_structure
+    from jaxed.app.demo import demo_files
+    from jaxed.model.distributed import frame_mesh, replicate, shard_experiment
+    from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+    from jaxed.data.pets import read_pets
+    from jaxed.refine.optimize import RefineConfig, Refinement
 
     structure, data_path, _ = demo_files()
     crystal, atoms = load_structure(structure)

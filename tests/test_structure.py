@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, shared_file
-from jaxed.constants import interaction_constant, relativistic_gamma, wavelength
-from jaxed.crystal import AtomParams, expand_to_p1, iso_u_star, load_structure, write_structure_cif
+from jaxed.physics.constants import interaction_constant, relativistic_gamma, wavelength
+from jaxed.physics.crystal import AtomParams, expand_to_p1, iso_u_star, load_structure, write_structure_cif
 from jaxed.errors import JaxedInputError
-from jaxed.potential import potential_coefficients, potential_volts
-from jaxed.scattering import debye_waller, form_factor, form_factor_coefficients
+from jaxed.physics.potential import potential_coefficients, potential_volts
+from jaxed.physics.scattering import debye_waller, form_factor, form_factor_coefficients
 
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
 

@@ -1,4 +1,4 @@
-"""Tests for jaxed.thickness: geometric thickness models, ThicknessNN, warm start, checkpoints, optax use.
+"""Tests for jaxed.model.thickness: geometric thickness models, ThicknessNN, warm start, checkpoints, optax use.
 
 conftest.py turns on float64; every numeric assertion states its tolerance.
 """
@@ -13,7 +13,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxed.errors import JaxedInputError
-from jaxed.thickness import (
+from jaxed.model.thickness import (
     THICKNESS_MODELS,
     KinematicThickness,
     SingleThickness,

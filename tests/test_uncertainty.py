@@ -1,20 +1,20 @@
-"""Standard uncertainties (jaxed.uncertainty): s.u. vs the spread over noise realisations, propagation, CIF notation."""
+"""Standard uncertainties (jaxed.refine.uncertainty): s.u. vs the spread over noise realisations, propagation, CIF notation."""
 import gemmi
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed import objective
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.demo import demo_files
-from jaxed.experiment import ExperimentSettings, prepare_experiment
-from jaxed.lsq import LeastSquares, LSQSettings, least_squares
-from jaxed.pets import read_pets
-from jaxed.refine import RefineConfig, Refinement
-from jaxed.report import write_refined_cif
-from jaxed.synth import synthesize
-from jaxed.uncertainty import find_bonds, format_su, standard_uncertainties
+from jaxed.refine import objective
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.app.demo import demo_files
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares
+from jaxed.data.pets import read_pets
+from jaxed.refine.optimize import RefineConfig, Refinement
+from jaxed.app.report import write_refined_cif
+from jaxed.model.synth import synthesize
+from jaxed.refine.uncertainty import find_bonds, format_su, standard_uncertainties
 
 SETTINGS = ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.4, r_sg_max=None, n_samples=3)
 

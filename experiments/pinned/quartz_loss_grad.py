@@ -35,9 +35,9 @@ def perturbed(params, seed=1):
 
 
 def compute():
-    from jaxed.experiment import ExperimentSettings
-    from jaxed.refine import RefineConfig, Refinement
-    from jaxed.workflow import load_problem
+    from jaxed.model.experiment import ExperimentSettings
+    from jaxed.refine.optimize import RefineConfig, Refinement
+    from jaxed.app.workflow import load_problem
 
     settings = ExperimentSettings(g_max=2.0, sg_max=0.01, g_max_refine=1.6, r_sg_max=0.9, n_samples=21)
     with warnings.catch_warnings():

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import load_structure
-from jaxed.experiment import ExperimentSettings, prepare_experiment
-from jaxed.metrics import adp_frobenius, asu_rmsd, thickness_errors
-from jaxed.pets import read_pets
-from jaxed.refine import RefineConfig, Refinement, run_refinement
-from jaxed.report import write_markdown_report, write_plots, write_refined_cif, write_report
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import load_structure
+from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine.metrics import adp_frobenius, asu_rmsd, thickness_errors
+from jaxed.data.pets import read_pets
+from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
+from jaxed.app.report import write_markdown_report, write_plots, write_refined_cif, write_report
 
 __all__ = ["DEMO_SETTINGS", "DEMO_CONFIG", "run_demo", "demo_files"]
 
@@ -43,7 +43,7 @@ def demo_files() -> tuple[Path, Path, Path]:
 def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta: float = 0.2, seed: int = 0,
              progress: bool = True) -> dict:
     """Run the demo refinement; returns the table as a dict and writes report, CIF and plots into ``out``."""
-    from jaxed.synth import random_start
+    from jaxed.model.synth import random_start
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta
     print(f"\n{len(history)} epochs in {seconds:.0f} s; outputs in {out}/")
     write_refined_cif(out / "refined.cif", crystal, end["atoms"], end["summary"], end["thickness"],
                       experiment.frame_ids)
-    from jaxed import objective
+    from jaxed.refine import objective
 
     i_calc = problem.intensities(params)
     scales = np.asarray(objective.frame_scales(i_calc, problem.obs))

@@ -1,6 +1,6 @@
 """Joint refinement: one pytree of structure, thickness-model and orientation parameters, optax Adam or L-BFGS.
 
-The objective is wR_all with the per-frame scales eliminated in closed form at every evaluation (jaxed.objective).
+The objective is wR_all with the per-frame scales eliminated in closed form at every evaluation (jaxed.refine.objective).
 Each parameter group can be frozen or given its own learning rate (``optax.multi_transform`` over the top-level
 groups). Work is never lost: checkpoints (plain ``.npz`` + ``.json``, no pickle) every N steps and at the end,
 ``resume=True`` continues a killed run, and a non-finite loss or gradient stops the run with a message while the
@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxed import batching, objective
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.model import batching
+from jaxed.refine import objective
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import Experiment, integrated_intensities, take_frames
-from jaxed.parameters import StructureModel, make_structure_model
-from jaxed.thickness import make_thickness_model
+from jaxed.model.experiment import Experiment, integrated_intensities, take_frames
+from jaxed.model.parameters import StructureModel, make_structure_model
+from jaxed.model.thickness import make_thickness_model
 
 __all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params", "save_params"]
 
@@ -78,7 +79,7 @@ class RefineConfig:
             forward evaluation) — instead of the last step's (Adam and L-BFGS with a full-batch loss; a minibatch or
             thickness draws make the loss noisy, and the last step is returned). A rate too high for the end of a
             run (a continuation restarted without warm-up) then cannot leave the result above a point it passed.
-        optimizer 'gn' / 'lm': Gauss–Newton / Levenberg–Marquardt on the weighted residual vector (jaxed.lsq),
+        optimizer 'gn' / 'lm': Gauss–Newton / Levenberg–Marquardt on the weighted residual vector (jaxed.refine.lsq),
             ``epochs`` = the most iterations (stops earlier on relative change < lsq_ftol); 'hybrid': cycles of
             ``hybrid_adam_steps`` Adam steps on the thickness model and one LM step on everything else.
         lsq_jacobian: 'auto' | 'fwd' | 'rev' | 'cg' (matrix-free).  lsq_damping: initial LM λ.  lsq_ftol.
@@ -107,7 +108,7 @@ class RefineConfig:
     frame_loss: str = "rms"
     minibatch: int = 0
     thickness_samples: int = 1
-    frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.batching's memory model
+    frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.model.batching's memory model
     checkpoint_every: int = 10
     seed: int = 0
     keep_best: bool = True
@@ -163,7 +164,7 @@ class Refinement:
 
     Args:
         crystal, atoms: the starting structure.
-        experiment: prepared data (jaxed.experiment.prepare_experiment).
+        experiment: prepared data (jaxed.model.experiment.prepare_experiment).
         bloch: physics settings.
         config: refinement settings.
     """
@@ -510,7 +511,7 @@ def _evaluations_in_step(optimizer: str, state, *, first: bool) -> int:
     return int(steps) + (1 if first else 0)
 
 
-@batching.with_blas_threads  # one LAPACK thread per eigh: see jaxed.batching (8–18× faster on shared cores)
+@batching.with_blas_threads  # one LAPACK thread per eigh: see jaxed.model.batching (8–18× faster on shared cores)
 def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
                    progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
     """Optimise ``problem`` for ``config.epochs`` steps.
@@ -522,7 +523,7 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     """
     config = problem.config
     if config.optimizer in ("gn", "lm", "hybrid"):
-        from jaxed.lsq import run_least_squares
+        from jaxed.refine.lsq import run_least_squares
 
         return run_least_squares(problem, out, resume=resume, progress=progress, callback=callback)
     out = None if out is None else Path(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxed.crystal import AtomParams, Crystal, write_structure_cif
+from jaxed.physics.crystal import AtomParams, Crystal, write_structure_cif
 
 __all__ = ["write_report", "write_plots", "write_refined_cif", "write_frame_plot", "write_markdown_report",
            "frame_statistics", "largest_residuals"]
@@ -88,8 +88,8 @@ def write_refined_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, sum
 
 
 def _add_uncertainties(path: str | Path, crystal: Crystal, atoms: AtomParams, sigmas: dict) -> None:
-    """U_eq with its s.u. in the atom_site loop and a _geom_bond loop (jaxed.uncertainty), e.g. 0.0123(4)."""
-    from jaxed.uncertainty import format_su
+    """U_eq with its s.u. in the atom_site loop and a _geom_bond loop (jaxed.refine.uncertainty), e.g. 0.0123(4)."""
+    from jaxed.refine.uncertainty import format_su
 
     path = Path(path)
     lines = path.read_text().splitlines()
@@ -275,7 +275,7 @@ def write_markdown_report(path: str | Path, report: dict, *, settings: dict | No
                 return value if value is not None else "–"
             su = row.get(f"su_{key}")
             if su is not None and np.isfinite(su) and su > 0 and np.isfinite(value):
-                from jaxed.uncertainty import format_su
+                from jaxed.refine.uncertainty import format_su
 
                 return format_su(float(value), float(su))  # e.g. 0.4697(3)
             return _num(value, ".5f")

@@ -6,7 +6,7 @@ electrons travel along lab −z, so s_g = g_z − |g|²/(2K) with K = 1/λ; the 
 A·uvw ∥ R_iᵀ ẑ with A = inv(UB)ᵀ (columns a, b, c): it points from the crystal towards the source.
 
 This module is numpy only. Its rotation helpers take degrees (the unit of the file), unlike
-:mod:`jaxed.geometry`, whose rotations take radians.
+:mod:`jaxed.physics.geometry`, whose rotations take radians.
 
 Every problem with a file is a :class:`~jaxed.errors.JaxedInputError` with a one-line message naming the file and
 the tag (or loop row) at fault. Soft inconsistencies (UB cell vs ``_cell_*``, wavelength vs a stated voltage, a
@@ -23,7 +23,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from jaxed.constants import wavelength as _wavelength_from_kv
+from jaxed.physics.constants import wavelength as _wavelength_from_kv
 from jaxed.errors import JaxedInputError
 
 __all__ = [

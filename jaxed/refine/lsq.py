@@ -1,7 +1,7 @@
 """Second-order refinement: Gauss–Newton and Levenberg–Marquardt on the weighted residual vector, dense or matrix-free,
 and a hybrid schedule (Adam for the thickness network, LM for the structure).
 
-The residual vector r(p) is :func:`jaxed.objective.residual_vector` of the closed-form-scaled intensities with
+The residual vector r(p) is :func:`jaxed.refine.objective.residual_vector` of the closed-form-scaled intensities with
 ``normalize=True``, so that Σ r² = wR_all² (PHYSICS.md §7.1; the per-frame scales are eliminated at every evaluation,
 i.e. variable projection: r depends on p also through k(p)). With the cost C = ½ Σ r², the Jacobian J = ∂r/∂p and
 g = Jᵀr, one iteration solves
@@ -38,11 +38,11 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxed import objective
+from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
 
 if TYPE_CHECKING:
-    from jaxed.refine import Refinement
+    from jaxed.refine.optimize import Refinement
 
 __all__ = ["LSQSettings", "LeastSquares", "least_squares", "run_least_squares", "hybrid"]
 
@@ -98,7 +98,7 @@ def _refined_groups(problem: Refinement, groups) -> tuple[str, ...]:
 
 
 class LeastSquares:
-    """The residual vector of a :class:`jaxed.refine.Refinement` over a flat vector of the refined groups.
+    """The residual vector of a :class:`jaxed.refine.optimize.Refinement` over a flat vector of the refined groups.
 
     Args:
         problem: the refinement problem (its model, data and ``config.residual``).
@@ -158,10 +158,10 @@ class LeastSquares:
     def _chunk(self, mode: str, dtype) -> int:
         """JVPs (or VJPs) evaluated at once when J is formed: all of them when their working sets fit in
         batching.MEMORY_FRACTION of the device memory, else chunks (``lax.map``). One tangent of the forward model
-        holds about a forward's intermediates (jaxed.batching.bytes_per_frame without the gradient, all frames); a
+        holds about a forward's intermediates (jaxed.model.batching.bytes_per_frame without the gradient, all frames); a
         cotangent, a gradient's. (Without this, the s.u. of a 6 759-reflection paracetamol problem asked XLA for
         1.5 TB.)"""
-        from jaxed import batching
+        from jaxed.model import batching
 
         exp = self.problem.experiment
         complex_bytes = 16 if dtype == jnp.float64 else 8  # the parameters' precision is the model's
@@ -354,7 +354,7 @@ def least_squares(lsq: LeastSquares, x0, fixed: dict, obs: objective.Observation
 
 
 def settings_from_config(config) -> LSQSettings:
-    """The :class:`LSQSettings` of a :class:`jaxed.refine.RefineConfig` ('hybrid' uses LM for the structure)."""
+    """The :class:`LSQSettings` of a :class:`jaxed.refine.optimize.RefineConfig` ('hybrid' uses LM for the structure)."""
     method = "gn" if config.optimizer == "gn" else "lm"
     return LSQSettings(method=method, jacobian=getattr(config, "lsq_jacobian", "auto"), max_iter=config.epochs,
                        ftol=getattr(config, "lsq_ftol", 1e-8), damping=getattr(config, "lsq_damping", 1e-4))
@@ -423,13 +423,13 @@ def hybrid(problem: Refinement, params: dict, *, cycles: int, adam_steps: int = 
 # ------------------------------------------------------------------------------------------------------ driver
 def run_least_squares(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
                       progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
-    """The 'gn' / 'lm' / 'hybrid' branch of :func:`jaxed.refine.run_refinement` (same outputs).
+    """The 'gn' / 'lm' / 'hybrid' branch of :func:`jaxed.refine.optimize.run_refinement` (same outputs).
 
     ``config.epochs`` caps the iterations (hybrid: the cycles); the run stops earlier on convergence. History
     entries: {epoch, loss (wR_all of the work set after the step), seconds, damping} and, with an R_free set,
     R_obs, wR_all, R_free, wR_free. A checkpoint (params; the damping as state) is written at the end.
     """
-    from jaxed.refine import RefinementDiverged, _strong, load_checkpoint, save_checkpoint
+    from jaxed.refine.optimize import RefinementDiverged, _strong, load_checkpoint, save_checkpoint
 
     config = problem.config
     out = None if out is None else Path(out)

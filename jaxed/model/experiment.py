@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.bloch import BlochSettings, frame_wavefunction, potential_table
-from jaxed.constants import energy_from_wavelength
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_table
+from jaxed.physics.constants import energy_from_wavelength
+from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
+from jaxed.physics.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
            "frame_orientations", "take_frames", "reselect_sample_beams", "GEOMETRIES", "uses_precession"]
@@ -178,7 +178,7 @@ def _quadrature_nodes(n_samples: int, quadrature: str) -> tuple[np.ndarray, np.n
 
 def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
                        orientations: np.ndarray | None = None) -> Experiment:
-    """Build the :class:`Experiment` of PETS-like ``data`` (see :mod:`jaxed.pets`) for ``crystal`` (host, numpy).
+    """Build the :class:`Experiment` of PETS-like ``data`` (see :mod:`jaxed.data.pets`) for ``crystal`` (host, numpy).
 
     ``orientations``: optional (n_frames, 3, 3) matrices M with g_lab = M·g_crys (crystal-Cartesian of ``crystal``,
     electrons along lab −z) that replace the frames' R_x(α)R_y(β)·UB geometry (PETS.md) — e.g. another program's
@@ -387,7 +387,7 @@ def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Expe
             (e.g. ThicknessNN's reparameterised draws).
         tilt_corrections: optional (n_frames, 2) or (n_frames, 3) [rad] (:func:`frame_orientations`).
         frames_per_batch: frames evaluated at once (static); None: all frames in one vmapped call. Smaller values
-            run ``lax.map`` over chunks of a vmapped kernel, bounding memory (jaxed.batching.frames_per_batch).
+            run ``lax.map`` over chunks of a vmapped kernel, bounding memory (jaxed.model.batching.frames_per_batch).
     """
     u_ext = potential_table(atoms, crystal, experiment.beams, settings)
     return intensities_from_table(u_ext, crystal, experiment, thickness, settings, tilt_corrections, normal,
@@ -397,7 +397,7 @@ def integrated_intensities(atoms: AtomParams, crystal: Crystal, experiment: Expe
 def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Experiment, thickness: jax.Array,
                            settings: BlochSettings, tilt_corrections: jax.Array | None = None,
                            normal: jax.Array | None = None, frames_per_batch: int | None = None) -> jax.Array:
-    """As :func:`integrated_intensities`, from a precomputed potential table ``u_ext`` (jaxed.bloch.potential_table):
+    """As :func:`integrated_intensities`, from a precomputed potential table ``u_ext`` (jaxed.physics.bloch.potential_table):
     searches that keep the structure fixed (orientations, thickness) compute the Fourier coefficients once.
 
     U_{g−h} is gathered once per frame and shared by the frame's rocking samples (the gather is outside the

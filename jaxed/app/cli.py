@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import GEOMETRIES
+from jaxed.model.experiment import GEOMETRIES
 
 __all__ = ["main"]
 
@@ -155,9 +155,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_schema(sub) -> None:
-    """Help text (unit, default) of every setting from jaxed.config; argparse defaults become None so that a
+    """Help text (unit, default) of every setting from jaxed.app.config; argparse defaults become None so that a
     config file can fill what the command line leaves out."""
-    from jaxed.config import COMMANDS, format_help, schema
+    from jaxed.app.config import COMMANDS, format_help, schema
 
     for command in COMMANDS:
         settings = schema(command)
@@ -167,7 +167,7 @@ def _apply_schema(sub) -> None:
                 action.help = format_help(settings[action.dest])
 
 
-# Defaults, units and allowed values of every setting live in jaxed.config (one schema for --help, config files
+# Defaults, units and allowed values of every setting live in jaxed.app.config (one schema for --help, config files
 # and validation).
 
 
@@ -204,7 +204,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 def _configure_precision(float32: bool) -> None:
     import jax
 
+    from jaxed.runtime import configure_cpu
+
     jax.config.update("jax_enable_x64", not float32)
+    configure_cpu()
 
 
 def _run_simulate(args) -> int:
@@ -212,10 +215,10 @@ def _run_simulate(args) -> int:
     _configure_precision(s["float32"])
     import numpy as np
 
-    from jaxed.bloch import BlochSettings
-    from jaxed.crystal import load_structure
-    from jaxed.simulation import read_beam_directions, simulate_directions, write_pattern_csv
-    from jaxed.workflow import check_memory, check_structure
+    from jaxed.physics.bloch import BlochSettings
+    from jaxed.physics.crystal import load_structure
+    from jaxed.model.simulation import read_beam_directions, simulate_directions, write_pattern_csv
+    from jaxed.app.workflow import check_memory, check_structure
 
     if s["thickness"] is None:
         raise JaxedInputError("--thickness: required (on the command line or as thickness in the --config file) [Å]")
@@ -244,7 +247,7 @@ def _run_simulate(args) -> int:
 
 def _settings(args) -> dict:
     """Effective settings of ``args.command``: defaults < config file (top level < [command]) < command line."""
-    from jaxed.config import effective_settings, read_config
+    from jaxed.app.config import effective_settings, read_config
 
     cfg = read_config(args.config) if getattr(args, "config", None) else None
     return effective_settings(args.command, cfg, vars(args))
@@ -253,7 +256,7 @@ def _settings(args) -> dict:
 def _save_settings(path: Path, args, s: dict) -> None:
     """The effective settings of this run, as TOML that --config reads back."""
     from jaxed import __version__
-    from jaxed.config import write_config
+    from jaxed.app.config import write_config
 
     inputs = {k: getattr(args, k) for k in ("structure", "data", "block", "beam", "beams", "frames_from",
                                              "tilt_series") if getattr(args, k, None) is not None}
@@ -272,8 +275,8 @@ def _progress(args) -> bool:
 def _load(args, s):
     import warnings
 
-    from jaxed.experiment import ExperimentSettings
-    from jaxed.workflow import load_problem
+    from jaxed.model.experiment import ExperimentSettings
+    from jaxed.app.workflow import load_problem
 
     exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
                              g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"],
@@ -296,7 +299,7 @@ def _print_geometry(data, exp, geometry: str) -> None:
     """One line on how each frame is integrated, and whether that came from the file or from --geometry."""
     import numpy as np
 
-    from jaxed.experiment import uses_precession
+    from jaxed.model.experiment import uses_precession
 
     precession = uses_precession(exp, data)
     semi = exp.semi_angle_deg if exp.semi_angle_deg is not None else float(np.max(np.abs(data.precession_angle)))
@@ -318,7 +321,7 @@ def _print_summary(report: dict) -> None:
 def _run_evaluate(args) -> int:
     s = _settings(args)
     _configure_precision(s["float32"])
-    from jaxed.workflow import evaluate
+    from jaxed.app.workflow import evaluate
 
     crystal, atoms, _, experiment, bloch = _load(args, s)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -332,10 +335,10 @@ def _run_evaluate(args) -> int:
 def _run_refine(args) -> int:
     s = _settings(args)
     _configure_precision(s["float32"])
-    from jaxed.refine import RefineConfig, RefinementDiverged
-    from jaxed.workflow import refine
+    from jaxed.refine.optimize import RefineConfig, RefinementDiverged
+    from jaxed.app.workflow import refine
 
-    # every RefineConfig field the settings hold (jaxed.config lists them all), then the converted ones
+    # every RefineConfig field the settings hold (jaxed.app.config lists them all), then the converted ones
     passthrough = {f.name: s[f.name] for f in dataclasses.fields(RefineConfig) if s.get(f.name) is not None}
     config = RefineConfig(**{**passthrough, **dict(
                           thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
@@ -345,7 +348,7 @@ def _run_refine(args) -> int:
                           thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])})
     crystal, atoms, _, experiment, bloch = _load(args, s)
     if s["refine_orientation"] not in ("none", "gradient"):
-        from jaxed.workflow import search_orientations
+        from jaxed.app.workflow import search_orientations
 
         experiment = search_orientations(crystal, atoms, experiment, bloch, config, s["refine_orientation"],
                                          initial_step_deg=s["nm_step"])
@@ -366,13 +369,13 @@ def _run_synth(args) -> int:
     _configure_precision(False)
     import numpy as np
 
-    from jaxed.bloch import BlochSettings
-    from jaxed.constants import energy_from_wavelength
-    from jaxed.crystal import load_structure
-    from jaxed.experiment import ExperimentSettings
-    from jaxed.pets import read_pets, write_pets
-    from jaxed.synth import synthesize, thickness_profile, tilt_series, write_sidecar
-    from jaxed.workflow import check_memory, check_structure, parse_frames
+    from jaxed.physics.bloch import BlochSettings
+    from jaxed.physics.constants import energy_from_wavelength
+    from jaxed.physics.crystal import load_structure
+    from jaxed.model.experiment import ExperimentSettings
+    from jaxed.data.pets import read_pets, write_pets
+    from jaxed.model.synth import synthesize, thickness_profile, tilt_series, write_sidecar
+    from jaxed.app.workflow import check_memory, check_structure, parse_frames
 
     crystal, atoms = load_structure(args.structure, block=args.block, scattering=s["scattering"])
     check_structure(crystal, atoms, args.structure)
@@ -407,7 +410,7 @@ def _run_synth(args) -> int:
 
 def _run_demo(args) -> int:
     _configure_precision(False)
-    from jaxed.demo import run_demo
+    from jaxed.app.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, progress=_progress(args))
     return 0

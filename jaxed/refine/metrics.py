@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.physics.crystal import AtomParams, Crystal
 
 __all__ = ["asu_rmsd", "adp_frobenius", "thickness_errors"]
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed.errors import JaxedInputError
-from jaxed.scattering import form_factor_coefficients
+from jaxed.physics.scattering import form_factor_coefficients
 
 __all__ = [
     "AtomParams",
@@ -84,7 +84,7 @@ class Crystal:
         image_ops: for each ASU site, the operations that give its distinct unit-cell images, (n_asu, m) int
             (m = the largest multiplicity; padded with 0).
         image_mask: (n_asu, m) bool, False on padding.
-        ff_a, ff_b: electron form-factor coefficients per species, (n_species, 5) each (see jaxed.scattering).
+        ff_a, ff_b: electron form-factor coefficients per species, (n_species, 5) each (see jaxed.physics.scattering).
         name: CIF block name.  cell: (a, b, c [Å], α, β, γ [deg]).  spacegroup: Hermann–Mauguin symbol.
         labels: ASU site labels.  elements: species symbols.  site_elements: element of each ASU site.
         aniso: whether each site was given anisotropic ADPs.  scattering: 'lobato' or 'peng'.  volume: Ω [Å³].

@@ -11,7 +11,7 @@ frame's own wR_all (its scale in closed form), with the structure and thickness 
   ± steps halved like the hexagonal scan). Under rocking integration ω turns the rocking axis in the crystal; on
   measured quartz its moves follow those of the three-angle Nelder–Mead (correlation 0.62 over 99 frames,
   results/table2.md) at the cost of a few batched passes instead of one search per frame.
-* ``gradient``: the two beam-perpendicular tilts of every frame refined by gradient jointly (jaxed.refine with
+* ``gradient``: the two beam-perpendicular tilts of every frame refined by gradient jointly (jaxed.refine.optimize with
   ``refine_orientation=True``); this module's :func:`gradient_tilts` does it with the structure frozen.
 
 All three return a new :class:`Experiment` whose ``base_orientation`` carries the corrections.
@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import minimize
 
-from jaxed import batching, objective
-from jaxed.bloch import potential_table
-from jaxed.experiment import (Experiment, intensities_from_table, reselect_sample_beams, take_frames,
+from jaxed.model import batching
+from jaxed.refine import objective
+from jaxed.physics.bloch import potential_table
+from jaxed.model.experiment import (Experiment, intensities_from_table, reselect_sample_beams, take_frames,
                               tilt_matrices)
-from jaxed.geometry import rotation_x, rotation_y, rotation_z
+from jaxed.physics.geometry import rotation_x, rotation_y, rotation_z
 
 __all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "about_beam_scan", "nelder_mead",
            "gradient_tilts", "misorientation_deg"]
@@ -71,7 +72,7 @@ def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _make_frame_loss(problem, atoms, obs):
     """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames; the Fourier
-    coefficients of the (fixed) structure are computed once. The frames run in chunks when jaxed.batching's memory
+    coefficients of the (fixed) structure are computed once. The frames run in chunks when jaxed.model.batching's memory
     model says they do not all fit at once (the batched scans evaluate every frame in one call)."""
     crystal, bloch = problem.crystal, problem.bloch
     u_ext = potential_table(atoms, crystal, problem.experiment.beams, bloch)
@@ -228,7 +229,7 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
 
 def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, angles: int = 2,
                    log=None) -> tuple[Experiment, dict]:
-    """Two tilts per frame (``angles=3``: and the rotation about the beam, jaxed.experiment.frame_orientations) by
+    """Two tilts per frame (``angles=3``: and the rotation about the beam, jaxed.model.experiment.frame_orientations) by
     Adam on the full loss, structure and thickness frozen."""
     import optax
 

@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.crystal import AtomParams, Crystal, expand
-from jaxed.potential import structure_sum
-from jaxed.scattering import form_factor
+from jaxed.physics.crystal import AtomParams, Crystal, expand
+from jaxed.physics.potential import structure_sum
+from jaxed.physics.scattering import form_factor
 
 __all__ = ["N_KNOTS", "tds_integral", "absorptive_form_factors", "absorptive_coefficients"]
 
@@ -89,7 +89,7 @@ def tds_integral(g: jax.Array, b_iso: jax.Array, a: jax.Array, b: jax.Array, kin
     Args:
         g: |g| values, (n_g,) [Å⁻¹].
         b_iso: Debye–Waller B per site, (n_site,) [Å²].
-        a, b: form-factor coefficients per species, (n_species, 5) (jaxed.scattering).
+        a, b: form-factor coefficients per species, (n_species, 5) (jaxed.physics.scattering).
         kind: 'lobato' or 'peng'.
         species: species index of each site, (n_site,); None: site i is species i.
 

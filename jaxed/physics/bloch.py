@@ -19,7 +19,7 @@ which is exact, finite and continuous through degeneracies (Φ_jj = iτ e^{iτλ
 transpose of this linear rule, so ``grad`` costs a few matrix products on top of the forward eigendecomposition.
 
 **Absorption** (PHYSICS.md §3.3, §4.5): proportional model U'_g = κU_g (g = 0 included) and/or the Einstein-model
-thermal-diffuse-scattering potential U'_TDS,g from the ADPs (jaxed.absorption). 'perturbative' keeps
+thermal-diffuse-scattering potential U'_TDS,g from the ADPs (jaxed.physics.absorption). 'perturbative' keeps
 ``eigh`` of the elastic matrix, damps each Bloch wave by exp(−τ q_j), q_j = c_jᴴ B_a c_j, adds the absorptive
 coupling between Bloch waves to first order and the second-order eigenvalue shift, in thickness slices
 (:func:`propagate_absorbing`);
@@ -36,11 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.absorption import absorptive_coefficients
-from jaxed.constants import relativistic_gamma, wavelength
-from jaxed.crystal import AtomParams, Crystal
-from jaxed.geometry import BeamSet, excitation_errors
-from jaxed.potential import potential_coefficients
+from jaxed.physics.absorption import absorptive_coefficients
+from jaxed.physics.constants import relativistic_gamma, wavelength
+from jaxed.physics.crystal import AtomParams, Crystal
+from jaxed.physics.geometry import BeamSet, excitation_errors
+from jaxed.physics.potential import potential_coefficients
 
 __all__ = [
     "BlochSettings",
@@ -66,7 +66,7 @@ class BlochSettings:
         energy_kev: accelerating voltage [kV].
         absorption: κ of the proportional absorption model U'_g = κ U_g [–]; 0 = no absorption.
         thermal_absorption: add the Einstein-model thermal-diffuse-scattering absorptive potential computed from the
-            form factors and ADPs (jaxed.absorption; element-, B- and |g|-dependent, no free parameter). With κ > 0
+            form factors and ADPs (jaxed.physics.absorption; element-, B- and |g|-dependent, no free parameter). With κ > 0
             as well the two add: U'_g = U'_TDS,g + κ U_g.
         absorption_method: 'perturbative' (first order, eigh; for refinement) or 'exact' (matrix exponential).
         absorption_slices: 'perturbative' only: equal thickness slices, each propagated to first order in the
@@ -365,7 +365,7 @@ def potential_table(atoms: AtomParams, crystal: Crystal, beams: BeamSet, setting
     """U_h [Å⁻²] for every coupling of ``beams``, with one 0 appended for padded pairs, (n_unique + 1,): complex,
     or real when ``settings.real_if_centric`` and the crystal is centric at the origin (imaginary parts are then
     rounding noise, ≲ 1e-16 |U|; tests/test_bloch.py). With ``settings.thermal_absorption``, (2, n_unique + 1):
-    U_h and the thermal absorptive U'_h (jaxed.absorption; same symmetry, so real in the same case)."""
+    U_h and the thermal absorptive U'_h (jaxed.physics.absorption; same symmetry, so real in the same case)."""
     u = potential_coefficients(atoms, crystal, beams.hkl_unique, settings.gamma)
     if settings.thermal_absorption:
         u = jnp.stack([u, absorptive_coefficients(atoms, crystal, beams.hkl_unique, settings.gamma, settings.k)])

@@ -5,7 +5,7 @@ other. OpenBLAS then starts its own thread pool on every core; for the N ≲ 100
 spin-wait, and when the cores are shared (other jobs, XLA's own pool) a batched ``eigh`` becomes 8–18× slower
 (measured: N = 104, 2 cores under load, 29–56 ms → 3.0–3.5 ms per matrix). :func:`blas_threads` limits the pool
 for the duration of a block (default 1 thread; ``JAXED_BLAS_THREADS`` overrides); the refinement driver uses it.
-Parallelism across cores comes instead from the batch: frames sharded over devices (:mod:`jaxed.distributed`).
+Parallelism across cores comes instead from the batch: frames sharded over devices (:mod:`jaxed.model.distributed`).
 
 **Memory model.** Forward + reverse-mode gradient of one rocking-curve sample with N beams (padded) and n_t
 thicknesses keeps, in complex128 (16 bytes per number): the structure matrix B, its eigenvectors C, the
@@ -104,7 +104,7 @@ def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradi
 
 def experiment_frames_per_batch(experiment, *, float64: bool, absorption: bool, n_thickness: int = 1,
                                 gradient: bool = True) -> int:
-    """:func:`frames_per_batch` for a prepared :class:`jaxed.experiment.Experiment`: its frames, padded beams, rocking
+    """:func:`frames_per_batch` for a prepared :class:`jaxed.model.experiment.Experiment`: its frames, padded beams, rocking
     samples and frame sharding; ``float64``: complex128 (else complex64) Bloch matrices."""
     return frames_per_batch(experiment.n_frames, experiment.matrix_size, int(experiment.sample_rotations.shape[1]),
                             n_thickness, gradient=gradient, complex_bytes=16 if float64 else 8,

@@ -9,7 +9,7 @@ Every frame is independent until the loss sums over reflections, so the frames a
   ``NamedSharding(mesh, P("frames"))``; the small shared tables (U_{g−h} indices) are replicated;
 * :func:`replicate` — parameters (and optimiser state) on every device, ``NamedSharding(mesh, P())``.
 
-A :class:`jaxed.refine.Refinement` built on a sharded experiment needs nothing else: under ``jit`` XLA's SPMD
+A :class:`jaxed.refine.optimize.Refinement` built on a sharded experiment needs nothing else: under ``jit`` XLA's SPMD
 partitioner runs each device's frames locally (the ``vmap`` over frames is split along the sharded axis; batched
 ``eigh`` is partitioned along its batch dimension) and inserts the all-reduce of the sums of the loss and of the
 gradient, which come back replicated. On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (set before
@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxed.experiment import Experiment
-from jaxed.geometry import BeamSet
+from jaxed.model.experiment import Experiment
+from jaxed.physics.geometry import BeamSet
 
 __all__ = ["initialize", "frame_mesh", "shard_experiment", "replicate", "FRAMES"]
 

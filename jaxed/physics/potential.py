@@ -13,9 +13,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxed.constants import VOLT_ANGSTROM2_PER_F
-from jaxed.crystal import AtomParams, Crystal, expand
-from jaxed.scattering import debye_waller, form_factor
+from jaxed.physics.constants import VOLT_ANGSTROM2_PER_F
+from jaxed.physics.crystal import AtomParams, Crystal, expand
+from jaxed.physics.scattering import debye_waller, form_factor
 
 __all__ = ["structure_factors", "structure_sum", "potential_coefficients", "potential_volts"]
 

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.bloch import BlochSettings, simulate
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.physics.bloch import BlochSettings, simulate
+from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.geometry import _hkl_within, excitation_errors, make_beam_set, select_beams, zone_axis_rotation
+from jaxed.physics.geometry import _hkl_within, excitation_errors, make_beam_set, select_beams, zone_axis_rotation
 
 __all__ = ["PatternResult", "simulate_directions", "read_beam_directions", "write_pattern_csv"]
 

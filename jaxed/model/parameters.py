@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.physics.crystal import AtomParams, Crystal
 
 __all__ = ["StructureModel", "make_structure_model"]
 

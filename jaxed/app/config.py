@@ -208,7 +208,7 @@ COMMANDS = tuple(_SCHEMA)
 def _refine_extras() -> dict:
     """RefineConfig fields with a scalar default that the schema does not list (e.g. newer optimiser options):
     type-checked here, range-checked by RefineConfig itself."""
-    from jaxed.refine import RefineConfig
+    from jaxed.refine.optimize import RefineConfig
 
     out = {}
     for field in dataclasses.fields(RefineConfig):

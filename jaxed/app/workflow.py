@@ -13,22 +13,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed import batching, objective
-from jaxed.batching import MATRICES_PER_SAMPLE
-from jaxed.bloch import BlochSettings
-from jaxed.constants import wavelength as _wavelength
-from jaxed.crystal import AtomParams, Crystal, load_structure
+from jaxed.model import batching
+from jaxed.refine import objective
+from jaxed.model.batching import MATRICES_PER_SAMPLE
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.constants import wavelength as _wavelength
+from jaxed.physics.crystal import AtomParams, Crystal, load_structure
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import (Experiment, ExperimentSettings, integrated_intensities, prepare_experiment,
+from jaxed.model.experiment import (Experiment, ExperimentSettings, integrated_intensities, prepare_experiment,
                               reselect_sample_beams)
-from jaxed.refine import RefineConfig, Refinement, run_refinement
-from jaxed.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
+from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
+from jaxed.app.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
                           write_refined_cif, write_report)
 
 __all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config", "check_structure", "check_memory",
            "estimate_bloch_bytes"]
 
-#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): jaxed.batching's count
+#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): jaxed.model.batching's count
 _BLOCH_COPIES = MATRICES_PER_SAMPLE
 
 
@@ -57,8 +58,8 @@ def parse_frames(text: str | None, n_frames: int) -> np.ndarray | None:
 
 
 def read_config(path: str | Path) -> dict:
-    """Settings from a TOML or JSON file, validated (see :mod:`jaxed.config`)."""
-    from jaxed.config import read_config as _read
+    """Settings from a TOML or JSON file, validated (see :mod:`jaxed.app.config`)."""
+    from jaxed.app.config import read_config as _read
 
     return _read(path)
 
@@ -157,7 +158,7 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     Returns:
         (crystal, atoms, data, experiment, bloch_settings)
     """
-    from jaxed.pets import check_cell_match, read_pets
+    from jaxed.data.pets import check_cell_match, read_pets
 
     crystal, atoms = load_structure(structure, block=block, scattering=scattering)
     check_structure(crystal, atoms, str(structure))
@@ -175,7 +176,7 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
     if exp_settings.beam_selection == "sample":
         semi = 0.0  # each sample's matrix holds only its own slab |s_g| ≤ sg_max (no widening by the rocking range)
     # One frame, not all: the refinement and the evaluation run the frames in chunks sized to the memory
-    # (jaxed.batching.frames_per_batch), so a problem is out of reach only when one frame's matrices do not fit.
+    # (jaxed.model.batching.frames_per_batch), so a problem is out of reach only when one frame's matrices do not fit.
     check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, 1, exp_settings.n_samples, semi)
     experiment = prepare_experiment(data, crystal, exp_settings)
     if not np.asarray(experiment.refl_mask).any():
@@ -356,8 +357,8 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
     i_calc = intensities(params)
     summary = problem.summarize(i_calc, n_params)
     uncertainties = None
-    if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.uncertainty)
-        from jaxed.uncertainty import standard_uncertainties
+    if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.refine.uncertainty)
+        from jaxed.refine.uncertainty import standard_uncertainties
 
         uncertainties = standard_uncertainties(problem, params)
         sigmas = uncertainties.cif_sigmas()
@@ -399,7 +400,7 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
     """
     import inspect
 
-    from jaxed import orientation
+    from jaxed.refine import orientation
 
     searches = {"hexagonal": orientation.hexagonal_scan, "nelder-mead": orientation.nelder_mead,
                 "about-beam": orientation.about_beam_scan, "gradient": orientation.gradient_tilts}

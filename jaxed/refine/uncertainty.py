@@ -5,7 +5,7 @@ Covariance of the refined parameters p (the usual least-squares estimate):
     V(p) = GoF² · (Jᵀ W J)⁻¹,     GoF² = Σ w r² / (N − P − N_scales)
 
 where J W^(1/2) = ∂r/∂p is the Jacobian of the weighted residual vector of the refined kind
-(:func:`jaxed.objective.residual_vector`, PHYSICS.md §7.1), N the number of observations used, P the rank of JᵀWJ
+(:func:`jaxed.refine.objective.residual_vector`, PHYSICS.md §7.1), N the number of observations used, P the rank of JᵀWJ
 (the number of independent parameter combinations the data determine) and N_scales the per-frame scales, which are
 eliminated in closed form (variable projection: the Jacobian of the projected residual gives the structure block of
 the full covariance, the Schur complement). A constant normalisation of r cancels in V. Rank-deficient directions
@@ -31,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed import objective
+from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
-from jaxed.lsq import LeastSquares
+from jaxed.refine.lsq import LeastSquares
 
 if TYPE_CHECKING:
-    from jaxed.refine import Refinement
+    from jaxed.refine.optimize import Refinement
 
 __all__ = ["format_su", "Uncertainties", "standard_uncertainties", "find_bonds"]
 
@@ -112,7 +112,7 @@ class Uncertainties:
     """Standard uncertainties of a refined model (numpy arrays; see the module docstring).
 
     Attributes:
-        labels, values, covariance: the refined parameters (flat, as jaxed.lsq.LeastSquares orders them) and
+        labels, values, covariance: the refined parameters (flat, as jaxed.refine.lsq.LeastSquares orders them) and
             their covariance V(p), GoF² included.
         gof: √(Σ w r² / (N − P − N_scales)); n_obs, rank, n_scales: N, P, N_scales.
         frac, frac_su: (n_asu, 3) fractional coordinates; cart, cart_su: (n_asu, 3) [Å].
@@ -146,7 +146,7 @@ class Uncertainties:
         return np.sqrt(np.maximum(np.diag(self.covariance), 0.0))
 
     def cif_sigmas(self) -> dict:
-        """{'frac', 'u_cif', 'u_eq', 'bonds'} s.u. for :func:`jaxed.report.write_refined_cif`."""
+        """{'frac', 'u_cif', 'u_eq', 'bonds'} s.u. for :func:`jaxed.app.report.write_refined_cif`."""
         return {"frac": self.frac_su, "u_cif": self.u_cif_su, "u_eq": self.u_eq_su, "bonds": self.bonds}
 
     def strongest_correlations(self, n: int = 10, threshold: float = 0.5) -> list[dict]:
@@ -213,7 +213,7 @@ def standard_uncertainties(problem: Refinement, params: dict, *, obs: objective.
         bond_tolerance: bonds are pairs closer than this × the sum of covalent radii.
         max_nonstructural: thickness / orientation parameters join the correlation matrix when there are at most
             this many (not for a thickness network).
-        lsq: a :class:`jaxed.lsq.LeastSquares` of this problem to reuse (its compiled Jacobian); ``groups`` is then
+        lsq: a :class:`jaxed.refine.lsq.LeastSquares` of this problem to reuse (its compiled Jacobian); ``groups`` is then
             ignored.
     """
     obs = problem.obs if obs is None else obs

@@ -3,10 +3,10 @@
 1. Frame geometry: the frames of a `.cif_pets` file, or a generated continuous-rotation tilt series.
 2. A thickness profile t(θ): constant, wedge (linear in θ), plate t₀/cos θ, or a random smooth function (seeded).
 3. Per frame, every reflection with |g| ≤ g_max_refine whose Bragg condition is crossed within the frame
-   (R_Sg ≤ r_sg_max) gets its rocking-curve integrated dynamical intensity (jaxed.experiment).
+   (R_Sg ≤ r_sg_max) gets its rocking-curve integrated dynamical intensity (jaxed.model.experiment).
 4. Intensities are scaled so that the brightest reflection of the dataset equals I_max (10⁶ default; 10² low dose),
    reflections below one count are removed, Poisson noise is drawn, σ = √I (σ = 1 for I < 1 after noise).
-5. The result is a `.cif_pets` (jaxed.pets.write_pets) plus a JSON sidecar with the true thickness per frame.
+5. The result is a `.cif_pets` (jaxed.data.pets.write_pets) plus a JSON sidecar with the true thickness per frame.
 
 Random starting models (:func:`random_start`): each free coordinate displaced uniformly in [−Δ, Δ] Å, ADPs scaled
 by factors uniform in [1 − 1.5Δ/Å, 1 + 1.5Δ/Å] (so 0.2 Å ↔ ±30 %), optionally made isotropic (U_eq).
@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.bloch import BlochSettings
-from jaxed.crystal import AtomParams, Crystal
+from jaxed.physics.bloch import BlochSettings
+from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
-from jaxed.geometry import _hkl_within, excitation_errors, rotation_x, rotation_y
-from jaxed.parameters import StructureModel
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
+from jaxed.physics.geometry import _hkl_within, excitation_errors, rotation_x, rotation_y
+from jaxed.model.parameters import StructureModel
 
 __all__ = ["thickness_profile", "tilt_series", "synthesize", "random_start", "write_sidecar", "read_sidecar"]
 
@@ -62,9 +62,9 @@ def tilt_series(crystal: Crystal, *, alpha_start: float = -60.0, alpha_end: floa
                 semi_angle: float = 0.5, wavelength: float = 0.02508, seed: int = 0):
     """A generated continuous-rotation geometry: a random crystal orientation, frames every ``step`` degrees.
 
-    Returns a :class:`jaxed.pets.PetsData` without reflections (β = 0, ω = 0).
+    Returns a :class:`jaxed.data.pets.PetsData` without reflections (β = 0, ω = 0).
     """
-    from jaxed.pets import PetsData, beam_uvw
+    from jaxed.data.pets import PetsData, beam_uvw
 
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
