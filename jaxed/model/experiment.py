@@ -26,6 +26,7 @@ from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_tab
 from jaxed.physics.constants import energy_from_wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
+from jaxed.settings import field_default
 from jaxed.physics.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
@@ -69,20 +70,20 @@ class ExperimentSettings:
             Bragg condition, so none is identically zero. A beam outside a sample's set contributes I = 0 there.
     """
 
-    g_max: float = 1.6
-    sg_max: float = 0.01
-    g_max_refine: float = 1.4
-    g_min_refine: float = 0.0
-    sg_max_refine: float | None = None
-    r_sg_max: float | None = 0.9
-    d_sg_min: float | None = None
-    n_samples: int = 21
-    semi_angle_deg: float | None = None
-    max_beams: int | None = None
-    precession: bool | None = None
-    energy_kev: float | None = None
-    quadrature: str = "midpoint"
-    beam_selection: str = "frame"
+    g_max: float = field_default("ExperimentSettings.g_max")
+    sg_max: float = field_default("ExperimentSettings.sg_max")
+    g_max_refine: float = field_default("ExperimentSettings.g_max_refine")
+    g_min_refine: float = field_default("ExperimentSettings.g_min_refine")
+    sg_max_refine: float | None = field_default("ExperimentSettings.sg_max_refine")
+    r_sg_max: float | None = field_default("ExperimentSettings.r_sg_max")
+    d_sg_min: float | None = field_default("ExperimentSettings.d_sg_min")
+    n_samples: int = field_default("ExperimentSettings.n_samples")
+    semi_angle_deg: float | None = field_default("ExperimentSettings.semi_angle_deg")
+    max_beams: int | None = field_default("ExperimentSettings.max_beams")
+    precession: bool | None = field_default("ExperimentSettings.precession")
+    energy_kev: float | None = field_default("ExperimentSettings.energy_kev")
+    quadrature: str = field_default("ExperimentSettings.quadrature")
+    beam_selection: str = field_default("ExperimentSettings.beam_selection")
 
 
 #: The ``geometry`` setting (config, ``--geometry``) → :attr:`ExperimentSettings.precession` (None: from the file).

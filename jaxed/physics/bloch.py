@@ -41,6 +41,7 @@ from jaxed.physics.constants import relativistic_gamma, wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.physics.geometry import BeamSet, excitation_errors
 from jaxed.physics.potential import potential_coefficients
+from jaxed.settings import field_default
 
 __all__ = [
     "BlochSettings",
@@ -85,16 +86,16 @@ class BlochSettings:
             the complex path (validation).
     """
 
-    energy_kev: float = 200.0
-    absorption: float = 0.0
-    thermal_absorption: bool = False
-    absorption_method: str = "perturbative"
-    absorption_slices: int = 32
-    propagator: str = "eigh"
-    metric: bool = True
-    mean_potential: bool = True
-    pad_diagonal: float = 1.0e3
-    real_if_centric: bool = True
+    energy_kev: float = field_default("BlochSettings.energy_kev")
+    absorption: float = field_default("BlochSettings.absorption")
+    thermal_absorption: bool = field_default("BlochSettings.thermal_absorption")
+    absorption_method: str = field_default("BlochSettings.absorption_method")
+    absorption_slices: int = field_default("BlochSettings.absorption_slices")
+    propagator: str = field_default("BlochSettings.propagator")
+    metric: bool = field_default("BlochSettings.metric")
+    mean_potential: bool = field_default("BlochSettings.mean_potential")
+    pad_diagonal: float = field_default("BlochSettings.pad_diagonal")
+    real_if_centric: bool = field_default("BlochSettings.real_if_centric")
 
     def __post_init__(self):
         if self.propagator not in PROPAGATORS:

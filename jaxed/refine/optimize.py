@@ -24,6 +24,7 @@ from jaxed.refine import objective
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
+from jaxed.settings import field_default
 from jaxed.model.experiment import Experiment, integrated_intensities, take_frames
 from jaxed.model.parameters import StructureModel, make_structure_model
 from jaxed.model.thickness import make_thickness_model
@@ -88,37 +89,37 @@ class RefineConfig:
         r_free_seed: seed of that (reproducible) choice.
     """
 
-    thickness_model: str = "nn"
-    thickness_init: float = 800.0
-    thickness_range: tuple = (50.0, 3000.0)
-    nn_prior: bool = False
-    optimizer: str = "adam"
-    epochs: int = 200
-    lr: float = 1e-3
-    lr_groups: tuple = ()
-    lbfgs_metric: str = "rates"
-    lr_schedule: str = "constant"
-    lr_warmup: int = 0
-    refine_orientation: bool = False
-    orientation_angles: int = 2
-    aniso: str = "as-given"
-    refine_occupancy: bool = False
-    residual: str = "paper"
-    per_frame_mean: bool = False
-    frame_loss: str = "rms"
-    minibatch: int = 0
-    thickness_samples: int = 1
-    frames_per_batch: int = 0  # frames per device step (lax.map over chunks); 0: chosen by jaxed.model.batching's memory model
-    checkpoint_every: int = 10
-    seed: int = 0
-    keep_best: bool = True
-    lsq_jacobian: str = "auto"
-    lsq_damping: float = 1e-4
-    lsq_ftol: float = 1e-8
-    hybrid_adam_steps: int = 10
-    r_free: float = 0.0
-    r_free_mode: str = "reflections"
-    r_free_seed: int = 0
+    thickness_model: str = field_default("RefineConfig.thickness_model")
+    thickness_init: float = field_default("RefineConfig.thickness_init")
+    thickness_range: tuple = field_default("RefineConfig.thickness_range")
+    nn_prior: bool = field_default("RefineConfig.nn_prior")
+    optimizer: str = field_default("RefineConfig.optimizer")
+    epochs: int = field_default("RefineConfig.epochs")
+    lr: float = field_default("RefineConfig.lr")
+    lr_groups: tuple = field_default("RefineConfig.lr_groups")
+    lbfgs_metric: str = field_default("RefineConfig.lbfgs_metric")
+    lr_schedule: str = field_default("RefineConfig.lr_schedule")
+    lr_warmup: int = field_default("RefineConfig.lr_warmup")
+    refine_orientation: bool = field_default("RefineConfig.refine_orientation")
+    orientation_angles: int = field_default("RefineConfig.orientation_angles")
+    aniso: str = field_default("RefineConfig.aniso")
+    refine_occupancy: bool = field_default("RefineConfig.refine_occupancy")
+    residual: str = field_default("RefineConfig.residual")
+    per_frame_mean: bool = field_default("RefineConfig.per_frame_mean")
+    frame_loss: str = field_default("RefineConfig.frame_loss")
+    minibatch: int = field_default("RefineConfig.minibatch")
+    thickness_samples: int = field_default("RefineConfig.thickness_samples")
+    frames_per_batch: int = field_default("RefineConfig.frames_per_batch")  # frames per device step (lax.map over chunks); 0: chosen by jaxed.model.batching's memory model
+    checkpoint_every: int = field_default("RefineConfig.checkpoint_every")
+    seed: int = field_default("RefineConfig.seed")
+    keep_best: bool = field_default("RefineConfig.keep_best")
+    lsq_jacobian: str = field_default("RefineConfig.lsq_jacobian")
+    lsq_damping: float = field_default("RefineConfig.lsq_damping")
+    lsq_ftol: float = field_default("RefineConfig.lsq_ftol")
+    hybrid_adam_steps: int = field_default("RefineConfig.hybrid_adam_steps")
+    r_free: float = field_default("RefineConfig.r_free")
+    r_free_mode: str = field_default("RefineConfig.r_free_mode")
+    r_free_seed: int = field_default("RefineConfig.r_free_seed")
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
