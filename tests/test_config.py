@@ -1,5 +1,9 @@
-"""Settings: one schema (jaxed.app.config) for config files, command-line help and validation; the effective settings of a
-run are saved and read back; report.md and the refined CIF's standard tags."""
+"""Settings: one schema (jaxed.settings) for the dataclass defaults, the command line (options, help, groups) and the
+config files (validation, effective settings); the effective settings of a run are saved and read back; report.md and
+the refined CIF's standard tags."""
+import argparse
+import ast
+import dataclasses
 import json
 
 import gemmi
@@ -9,7 +13,11 @@ import pytest
 from conftest import ROOT
 from jaxed import __version__
 from jaxed.app.config import effective_settings, read_config, schema, validate, write_config
-from jaxed.app.cli import main
+from jaxed.app.cli import _build_parser, main
+from jaxed.model.experiment import ExperimentSettings
+from jaxed.physics.bloch import BlochSettings
+from jaxed.refine.optimize import RefineConfig
+from jaxed.settings import CONCERNS, SETTINGS, field_values, setting_of_field
 from jaxed.physics.crystal import load_structure
 from jaxed.errors import JaxedInputError
 
@@ -35,11 +43,12 @@ def _one_line(tmp_path, text, suffix=".toml") -> str:
     ("[refine]\nepochs = 'many'\n", ["[refine] epochs = 'many'", "an integer"]),
     ("[refine]\nepochs = 2.5\n", ["epochs = 2.5", "an integer"]),
     ("[refine]\nfloat32 = 1\n", ["float32 = 1", "true or false"]),
-    ("g_max = -1.0\n", ["g_max = -1.0", "> 0", "[1/Å]"]),
+    ("g_max = -1.0\n", ["g_max = -1.0", "a positive number", "[1/Å]"]),
     ("samples = 0\n", ["samples = 0", "≥ 1"]),
     ("[evaluate]\nthickness = nan\n", ["thickness = nan", "[Å]"]),
     ("scattering = 'xray'\n", ["scattering = 'xray'", "lobato, peng"]),
     ("cell_tolerance = 3.0\n", ["cell_tolerance = 3.0", "≤ 1"]),
+    ("[refine]\nr_free = 0.5\n", ["r_free = 0.5", "≥ 0 and < 0.5"]),  # RefineConfig's own range: [0, 0.5)
     ("refine = 3\n", ["[refine] must be a table"]),
     ("g_max = \n", ["cannot parse config"]),  # TOML syntax error
 ])
@@ -80,6 +89,126 @@ def test_saved_settings_read_back_to_the_same(tmp_path):
         path = tmp_path / f"{command}.toml"
         write_config(path, command, s, header={"structure": "x.cif"})
         assert effective_settings(command, read_config(path), {}) == s, command
+
+
+# --------------------------------------------------------------------------------------------- one schema
+_DATACLASSES = {"BlochSettings": ("jaxed/physics/bloch.py", BlochSettings),
+                "ExperimentSettings": ("jaxed/model/experiment.py", ExperimentSettings),
+                "RefineConfig": ("jaxed/refine/optimize.py", RefineConfig)}
+
+
+def test_every_dataclass_default_is_its_settings_default():
+    # Each field of the three settings dataclasses is held by exactly one setting, and its default is that
+    # setting's (converted where the field holds something else: geometry 'file' → precession None); every setting
+    # that names a field names an existing one.
+    named = {s.field for s in SETTINGS if s.field is not None}
+    for cls_name, (_, cls) in _DATACLASSES.items():
+        for f in dataclasses.fields(cls):
+            s = setting_of_field(f"{cls_name}.{f.name}")
+            assert f.default == s.field_value(s.default) and type(f.default) is type(s.field_value(s.default)), f
+            named.discard(f"{cls_name}.{f.name}")
+    assert not named, f"settings name fields that do not exist: {named}"
+
+
+def test_no_dataclass_writes_a_default_of_its_own():
+    # The source of each field reads `= field_default("Class.field")` with its own name: a literal default (even one
+    # equal to the schema's today) would be a second definition that can drift.
+    for cls_name, (path, _) in _DATACLASSES.items():
+        tree = ast.parse((ROOT / path).read_text())
+        body = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls_name).body
+        fields = [n for n in body if isinstance(n, ast.AnnAssign)]
+        assert fields, cls_name
+        for node in fields:
+            call = node.value
+            assert (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "field_default"
+                    and [a.value for a in call.args] == [f"{cls_name}.{node.target.id}"]), \
+                f"{path}:{node.lineno}: {cls_name}.{node.target.id} = {ast.unparse(call)}"
+
+
+def test_command_line_defaults_build_the_python_defaults():
+    # With nothing given, the settings each command hands to the dataclasses are their Python defaults: the command
+    # line and the library agree (they did not: lsq_damping 1e-3 vs 1e-4).
+    for command in ("evaluate", "refine"):
+        s = effective_settings(command, None, {})
+        assert ExperimentSettings(**field_values("ExperimentSettings", command, s)) == ExperimentSettings()
+        assert BlochSettings(**field_values("BlochSettings", command, s)) == BlochSettings()
+    s = effective_settings("refine", None, {})
+    assert RefineConfig(**field_values("RefineConfig", "refine", s)) == RefineConfig()
+    assert s["lsq_damping"] == RefineConfig().lsq_damping == 1e-4 and s["nm_step"] == 0.5
+    assert BlochSettings(**field_values("BlochSettings", "simulate", effective_settings("simulate", None, {}))) \
+        == BlochSettings()
+    # and a setting reaches its field converted: --refine-orientation gradient is RefineConfig.refine_orientation
+    s = effective_settings("refine", None, {"refine_orientation": "gradient", "geometry": "precession", "samples": 5})
+    assert RefineConfig(**field_values("RefineConfig", "refine", s)).refine_orientation is True
+    exp = ExperimentSettings(**field_values("ExperimentSettings", "refine", s))
+    assert exp.precession is True and exp.n_samples == 5
+
+
+def _options(command):
+    """{dest: (action, group title)} of the options of `jaxed command`."""
+    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
+    return {a.dest: (a, g.title) for g in parser._action_groups for a in g._group_actions if a.option_strings}
+
+
+@pytest.mark.parametrize("command", ["simulate", "synth", "evaluate", "refine"])
+def test_parser_options_come_from_the_schema(command):
+    # One option per setting of the command, in the group of its concern, with the schema's choices and help (unit,
+    # default), and default None (not given: a config file or the schema fills it); the only other options are the
+    # command's files and run controls.
+    options = _options(command)
+    settings = schema(command)
+    others = {"help", "out", "block", "config", "beam", "beams", "frames_from", "tilt_series", "resume",
+              "no_progress"}
+    assert set(options) - set(settings) <= others, set(options) - set(settings)
+    for name, s in settings.items():
+        action, group = options[name]
+        assert action.option_strings[0] == s.flag and group == s.concern, name
+        assert action.default is None, name
+        assert tuple(action.choices or ()) == s.choices, name
+        assert action.help.startswith(s.help.replace("%", "%%")), name
+        if s.default is not None and s.kind is not bool:
+            assert action.help.endswith(f"(default: {s.default})"), (name, action.help)
+        if s.unit:
+            assert f"[{s.unit}]" in action.help, name
+
+
+def test_help_lists_options_grouped_by_concern(capsys):
+    with pytest.raises(SystemExit):
+        main(["refine", "--help"])
+    out = capsys.readouterr().out
+    titles = [f"\n{c}:\n" for c in CONCERNS if c != "synthetic data"]
+    positions = [out.index(t) for t in titles]
+    assert positions == sorted(positions)  # the concerns in their order
+    for flag, concern in (("--lsq-damping", "least squares"), ("--r-free ", "validation"), ("--g-max ", "physics"),
+                          ("--checkpoint-every", "output"), ("--thickness-init", "thickness model")):
+        start = out.index(f"\n{concern}:\n")
+        end = min([p for p in positions if p > start] + [len(out)])
+        assert flag in out[start:end], (flag, concern)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--samples", "0"], "argument --samples: 0: expected an integer ≥ 1"),
+    (["--lr", "abc"], "argument --lr: 'abc': expected a positive number"),
+    (["--r-free", "0.5"], "argument --r-free: 0.5: expected a number ≥ 0 and < 0.5"),
+    (["--thickness-init", "nan"], "argument --thickness-init: nan: expected a positive number [Å]"),
+    (["--orientation-angles", "4"], "argument --orientation-angles: 4: expected an integer ≥ 2 and ≤ 3"),
+    (["--lsq-jacobian", "exact"], "argument --lsq-jacobian: invalid choice: 'exact'"),
+])
+def test_bad_option_values_are_one_line_naming_the_option(capsys, args, needle):
+    with pytest.raises(SystemExit) as info:
+        main(["refine", str(QUARTZ), str(PETS), "--out", "unused", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_boolean_options_can_switch_a_config_value_off(tmp_path):
+    # --no-X beats a config file's x = true; not given (None) leaves it.
+    cfg = validate({"refine": {"float32": True, "keep_best": False}}, "cfg")
+    args = vars(_build_parser().parse_args(["refine", "s.cif", "d.cif_pets", "--out", "o", "--no-float32"]))
+    assert args["float32"] is False and args["keep_best"] is None
+    s = effective_settings("refine", cfg, args)
+    assert s["float32"] is False and s["keep_best"] is False
 
 
 def test_version_and_help_show_units_and_defaults(capsys):

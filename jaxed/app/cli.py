@@ -1,17 +1,20 @@
 """The `jaxed` command line. A stable contract: other tools call it.
 
+Every option that is a setting (its type, default, unit, allowed values, help and ``--help`` group) comes from
+:mod:`jaxed.settings`; its argparse default is None ("not given") so that a ``--config`` file can fill what the
+command line leaves out (:func:`jaxed.app.config.effective_settings`).
+
 Bad input (missing file, unknown element, malformed CIF, zero beam vector, non-positive thickness, ...) exits with
 status 2 and one line on stderr naming the problem; no traceback.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from jaxed.errors import JaxedInputError
-from jaxed.model.experiment import GEOMETRIES
+from jaxed.settings import CONCERNS, Setting, field_values, schema
 
 __all__ = ["main"]
 
@@ -24,34 +27,51 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(kind):
+def _parse_value(setting: Setting):
+    """argparse ``type`` of a number setting: the text as ``setting.kind``, checked against the schema."""
+
     def parse(text):
         try:
-            value = kind(text)
+            value = setting.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text}: expected a positive value")
+            raise argparse.ArgumentTypeError(f"'{text}': expected {setting.describe()}") from None
+        if not setting.fits(value):
+            raise argparse.ArgumentTypeError(f"{text}: expected {setting.describe()}")
         return value
 
     return parse
 
 
-def _add_physics(p: argparse.ArgumentParser, g_max: float = 1.5, sg_max: float = 0.02) -> None:
-    p.add_argument("--g-max", type=_positive(float), default=g_max, help=f"beams in the matrix: |g| ≤ G [1/Å] ({g_max})")
-    p.add_argument("--sg-max", type=_positive(float), default=sg_max,
-                   help=f"beams in the matrix: |s_g| ≤ S [1/Å] ({sg_max})")
-    p.add_argument("--scattering", choices=("lobato", "peng"), default="lobato",
-                   help="electron form factors: Lobato & Van Dyck 2014 (default) or Peng/ITC C 4.3.2.2")
-    p.add_argument("--absorption", type=float, default=0.0, metavar="KAPPA",
-                   help="proportional absorption U'_g = κ U_g (0 = none)")
-    p.add_argument("--thermal-absorption", action="store_true",
-                   help="thermal-diffuse-scattering absorption from the ADPs (Einstein model; adds to κ)")
-    p.add_argument("--float32", action="store_true", help="single precision (faster on GPUs; default float64)")
+def _help(setting: Setting) -> str:
+    """'help [unit] (default: value)' ('%' escaped for argparse); an unset default is explained by the help."""
+    text = setting.help + (f" [{setting.unit}]" if setting.unit else "")
+    if setting.default is not None:
+        shown = str(setting.default).lower() if setting.kind is bool else setting.default
+        text += f" (default: {shown})"
+    return text.replace("%", "%%")
+
+
+def _add_settings(p: argparse.ArgumentParser, command: str) -> dict:
+    """One option per setting of ``command``, in one group per concern (:data:`jaxed.settings.CONCERNS` order;
+    empty groups are not shown). Returns the groups by concern, for the options that are not settings."""
+    groups = {concern: p.add_argument_group(concern, title) for concern, title in CONCERNS.items()}
+    for s in schema(command).values():
+        options = {"dest": s.name, "default": None, "help": _help(s)}
+        if s.kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif s.choices:
+            options["choices"] = s.choices
+        elif s.kind is not str:
+            options["type"] = _parse_value(s)
+        if s.metavar:
+            options["metavar"] = s.metavar
+        groups[s.concern].add_argument(s.flag, **options)
+    return groups
 
 
 def _build_parser() -> argparse.ArgumentParser:
     from jaxed import __version__
+    from jaxed.app.demo import DEMO_CONFIG
 
     parser = _Parser(prog="jaxed",
                      description="Differentiable Bloch-wave dynamical refinement for 3D electron diffraction. "
@@ -59,19 +79,19 @@ def _build_parser() -> argparse.ArgumentParser:
                      "file (command line wins); each run saves its effective settings.")
     parser.add_argument("--version", action="version", version=f"jaxed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    config_help = "TOML or JSON file of settings (command line wins)"
 
     p = sub.add_parser("simulate", help="dynamical intensities of a structure along given beam directions")
     p.add_argument("structure", help="structure CIF")
-    p.add_argument("--block", help="data block name (multi-block CIFs)")
-    src = p.add_mutually_exclusive_group(required=True)
+    files = p.add_argument_group("files")
+    files.add_argument("--block", help="data block name (multi-block CIFs)")
+    src = files.add_mutually_exclusive_group(required=True)
     src.add_argument("--beam", nargs=3, type=float, metavar=("U", "V", "W"),
                      help="zone axis [uvw] (direct lattice, towards the source; electrons travel along −[uvw])")
     src.add_argument("--beams", metavar="FILE", help="file with one 'u v w' per line")
-    p.add_argument("--thickness", type=_positive(float), help="crystal thickness along the normal [Å]")
-    p.add_argument("--energy", type=_positive(float), default=200.0, help="accelerating voltage [kV] (200)")
-    _add_physics(p)
-    p.add_argument("--out", required=True, help="output CSV: frame,h,k,l,sg,intensity")
-    p.add_argument("--config", help="TOML or JSON file of settings (command line wins)")
+    files.add_argument("--out", required=True, help="output CSV: frame,h,k,l,sg,intensity")
+    files.add_argument("--config", help=config_help)
+    _add_settings(p, "simulate")
     p.set_defaults(run=_run_simulate)
 
     for name, helptext in (("refine", "refine a structure (and thickness model) against a .cif_pets dataset"),
@@ -79,126 +99,36 @@ def _build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("structure", help="structure CIF")
         p.add_argument("data", help="PETS2 .cif_pets file")
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--block", help="data block of the structure CIF")
-        p.add_argument("--config", help="JSON or TOML file with any of these options (command line wins)")
-        _add_data_options(p)
-        if name == "evaluate":
-            p.add_argument("--thickness", type=_positive(float), default=None, help="thickness [Å] (800)")
-            p.set_defaults(run=_run_evaluate)
-        else:
-            p.add_argument("--thickness-model", choices=("nn", "single", "kinematic", "plate", "tilt", "constant"),
-                           default=None, help="thickness model (nn = ThicknessNN)")
-            p.add_argument("--thickness-init", type=_positive(float), default=None, help="starting thickness [Å] (800)")
-            p.add_argument("--optimizer", choices=("adam", "lbfgs", "gn", "lm", "hybrid"), default=None,
-                           help="optimiser (adam); gn/lm: Gauss-Newton/Levenberg-Marquardt with s.u. in the CIF, "
-                                "hybrid: Adam for the thickness model + LM for the structure")
-            p.add_argument("--r-free", type=float, default=None, metavar="FRACTION",
-                           help="hold out this fraction of the unique reflections for R_free (0: none)")
-            p.add_argument("--epochs", type=int, default=None, help="optimiser steps (200)")
-            p.add_argument("--lr", type=_positive(float), default=None, help="Adam learning rate (0.001)")
-            p.add_argument("--seed", type=int, default=None, help="PRNG seed (0)")
-            p.add_argument("--aniso", choices=("as-given", "all", "none"), default=None,
-                           help="ADPs: as in the CIF, all anisotropic, or all isotropic")
-            p.add_argument("--refine-orientation",
-                           choices=("none", "gradient", "hexagonal", "nelder-mead", "nelder-mead+hexagonal"),
-                           default=None, help="per-frame orientations: gradient = two tilts refined jointly with "
-                           "everything else; hexagonal / nelder-mead = the reference paper's searches with the "
-                           "structure fixed, run first; nelder-mead+hexagonal = both in turn (none)")
-            p.add_argument("--nm-step", type=_positive(float), default=None,
-                           help="initial simplex step of the Nelder–Mead search [deg] (0.5)")
-            p.add_argument("--orientation-angles", type=int, choices=(2, 3), default=None,
-                           help="with --refine-orientation gradient: 2 tilts ⟂ beam (2) or also the rotation about "
-                           "the beam (3)")
-            p.add_argument("--minibatch", type=int, default=None, help="frames per Adam step (0: full batch)")
-            p.add_argument("--thickness-samples", type=int, default=None,
-                           help="ThicknessNN reparameterised draws per frame, intensities averaged (1)")
-            p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None, help="learning-rate schedule")
-            p.add_argument("--lr-warmup", type=int, default=None,
-                           help="steps over which the learning rates ramp up linearly (0); for runs that start from "
-                           "a refined model")
-            p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (10)")
-            p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
-            p.add_argument("--no-progress", action="store_true", help="no progress bar")
-            p.set_defaults(run=_run_refine)
+        files = p.add_argument_group("files")
+        files.add_argument("--out", required=True, help="output folder")
+        files.add_argument("--block", help="data block of the structure CIF")
+        files.add_argument("--config", help=config_help)
+        groups = _add_settings(p, name)
+        if name == "refine":
+            groups["run"].add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+            groups["run"].add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(run=_run_refine if name == "refine" else _run_evaluate)
 
     p = sub.add_parser("synth", help="synthetic integrated intensities (the reference paper's protocol)")
     p.add_argument("structure", help="true structure CIF")
-    p.add_argument("--block", help="data block of the structure CIF")
-    geo = p.add_mutually_exclusive_group(required=True)
+    files = p.add_argument_group("files")
+    files.add_argument("--block", help="data block of the structure CIF")
+    geo = files.add_mutually_exclusive_group(required=True)
     geo.add_argument("--frames-from", metavar="DATA", help="take the frame geometry of this .cif_pets file")
     geo.add_argument("--tilt-series", nargs=3, type=float, metavar=("START", "END", "STEP"),
                      help="generated continuous rotation: α from START to END every STEP degrees")
-    p.add_argument("--frames", help="subset of frames (e.g. 'every:3', '1-20')")
-    p.add_argument("--profile", choices=("constant", "wedge", "plate", "random"), default="random",
-                   help="true thickness profile (random: a smooth seeded function of θ)")
-    p.add_argument("--thickness", type=_positive(float), default=800.0, help="mean/base thickness t0 [Å] (800)")
-    p.add_argument("--i-max", type=_positive(float), default=1e6, help="counts of the brightest reflection (1e6)")
-    p.add_argument("--semi-angle", type=_positive(float), default=1.0, help="integration semi-angle [deg] (tilt series)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the profile and the Poisson noise")
-    p.add_argument("--g-max", type=_positive(float), default=1.6)
-    p.add_argument("--sg-max", type=_positive(float), default=0.01)
-    p.add_argument("--g-max-refine", type=_positive(float), default=1.4)
-    p.add_argument("--samples", type=int, default=21, help="rocking-curve samples per frame (21)")
-    p.add_argument("--scattering", choices=("lobato", "peng"), default="lobato")
-    p.add_argument("--out", required=True, help="output .cif_pets (a sidecar OUT.truth.json holds the thickness)")
-    p.add_argument("--config", help="TOML or JSON file of settings (command line wins)")
+    files.add_argument("--out", required=True,
+                       help="output .cif_pets (a sidecar OUT.truth.json holds the thickness)")
+    files.add_argument("--config", help=config_help)
+    _add_settings(p, "synth")
     p.set_defaults(run=_run_synth)
 
     p = sub.add_parser("demo", help="a real refinement on synthetic quartz shipped with jaxed (a few minutes)")
-    p.add_argument("--out", default="jaxed-demo", help="output folder (jaxed-demo)")
-    p.add_argument("--epochs", type=int, default=None, help="Adam steps (default: 200)")
+    p.add_argument("--out", default="jaxed-demo", help="output folder (default: jaxed-demo)")
+    p.add_argument("--epochs", type=int, default=None, help=f"Adam steps (default: {DEMO_CONFIG.epochs})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (none anyway when not in a terminal)")
     p.set_defaults(run=_run_demo)
-    _apply_schema(sub)
     return parser
-
-
-def _apply_schema(sub) -> None:
-    """Help text (unit, default) of every setting from jaxed.app.config; argparse defaults become None so that a
-    config file can fill what the command line leaves out."""
-    from jaxed.app.config import COMMANDS, format_help, schema
-
-    for command in COMMANDS:
-        settings = schema(command)
-        for action in sub.choices[command]._actions:
-            if action.dest in settings:
-                action.default = None
-                action.help = format_help(settings[action.dest])
-
-
-# Defaults, units and allowed values of every setting live in jaxed.app.config (one schema for --help, config files
-# and validation).
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--g-max", type=_positive(float), default=None, help="beams in the matrix: |g| ≤ G [1/Å] (1.6)")
-    p.add_argument("--sg-max", type=_positive(float), default=None, help="beams in the matrix: |s_g| ≤ S [1/Å] (0.01)")
-    p.add_argument("--g-max-refine", type=_positive(float), default=None, help="reflections used: |g| ≤ G [1/Å] (1.4)")
-    p.add_argument("--g-min-refine", type=_positive(float), default=None,
-                   help="reflections used: |g| ≥ G [1/Å], a low-resolution cut (unset: none)")
-    p.add_argument("--r-sg", type=_positive(float), default=None, help="reflections used: R_Sg ≤ R (0.9)")
-    p.add_argument("--d-sg", type=_positive(float), default=None,
-                   help="reflections used: Δs_g − |s_g| > D [1/Å] (Klar et al.'s D_Sg, e.g. 0.0015; unset: none)")
-    p.add_argument("--samples", type=int, default=None, help="rocking-curve samples per frame (21)")
-    p.add_argument("--beams", choices=("frame", "sample"), default=None,
-                   help="one Bloch matrix per frame (frame, default) or per rocking sample with only its own "
-                   "|s_g| ≤ S beams (sample: ~10× faster)")
-    p.add_argument("--max-beams", type=int, default=None, help="cap on the beams of one Bloch matrix (unset: none)")
-    p.add_argument("--semi-angle", type=_positive(float), default=None,
-                   help="integration semi-angle [deg] (default: the file's precession_angle column)")
-    p.add_argument("--geometry", choices=tuple(GEOMETRIES), default=None,
-                   help="integration over a rotation about the tilt axis or a precession cone (default: what the "
-                   "file's measurement details say)")
-    p.add_argument("--scattering", choices=("lobato", "peng"), default=None, help="electron form factors (lobato)")
-    p.add_argument("--absorption", type=float, default=None, metavar="KAPPA", help="U'_g = κU_g (0)")
-    p.add_argument("--thermal-absorption", action="store_true", default=None,
-                   help="thermal-diffuse-scattering absorption from the ADPs (Einstein model; adds to κ)")
-    p.add_argument("--frames", help="subset of frames: '1-20', '1,5,9-12', 'every:3', 'first:20'")
-    p.add_argument("--cell-tolerance", type=_positive(float), default=None,
-                   help="refuse a structure whose cell differs from the data's by more than this (0.05 = 5 %%)")
-    p.add_argument("--drop-bad-sigma", action="store_true", default=None, help="drop reflections with σ ≤ 0")
-    p.add_argument("--float32", action="store_true", help="single precision (default float64)")
 
 
 def _configure_precision(float32: bool) -> None:
@@ -230,8 +160,7 @@ def _run_simulate(args) -> int:
             raise JaxedInputError(f"--beam {' '.join(map(str, args.beam))}: expected a non-zero finite direction")
     else:
         uvws = read_beam_directions(args.beams)
-    settings = BlochSettings(energy_kev=s["energy"], absorption=s["absorption"],
-                             thermal_absorption=bool(s["thermal_absorption"]))
+    settings = BlochSettings(**field_values("BlochSettings", "simulate", s))
     out = Path(args.out)
     if not out.parent.exists():
         raise JaxedInputError(f"--out {out}: folder {out.parent} does not exist")
@@ -278,11 +207,7 @@ def _load(args, s):
     from jaxed.model.experiment import ExperimentSettings
     from jaxed.app.workflow import load_problem
 
-    exp = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
-                             g_min_refine=s["g_min_refine"], r_sg_max=s["r_sg"], d_sg_min=s["d_sg"],
-                             n_samples=int(s["samples"]), semi_angle_deg=s["semi_angle"],
-                             beam_selection=s["beams"], max_beams=s["max_beams"],
-                             precession=GEOMETRIES[s["geometry"]])
+    exp = ExperimentSettings(**field_values("ExperimentSettings", args.command, s))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         problem = load_problem(args.structure, args.data, block=args.block, scattering=s["scattering"],
@@ -338,14 +263,7 @@ def _run_refine(args) -> int:
     from jaxed.refine.optimize import RefineConfig, RefinementDiverged
     from jaxed.app.workflow import refine
 
-    # every RefineConfig field the settings hold (jaxed.app.config lists them all), then the converted ones
-    passthrough = {f.name: s[f.name] for f in dataclasses.fields(RefineConfig) if s.get(f.name) is not None}
-    config = RefineConfig(**{**passthrough, **dict(
-                          thickness_model=s["thickness_model"], thickness_init=s["thickness_init"],
-                          optimizer=s["optimizer"], epochs=int(s["epochs"]), lr=s["lr"], seed=int(s["seed"]),
-                          aniso=s["aniso"], refine_orientation=s["refine_orientation"] == "gradient",
-                          checkpoint_every=int(s["checkpoint_every"]), minibatch=int(s["minibatch"]),
-                          thickness_samples=int(s["thickness_samples"]), lr_schedule=s["lr_schedule"])})
+    config = RefineConfig(**field_values("RefineConfig", "refine", s))  # refine_orientation: True for 'gradient'
     crystal, atoms, _, experiment, bloch = _load(args, s)
     if s["refine_orientation"] not in ("none", "gradient"):
         from jaxed.app.workflow import search_orientations
@@ -392,8 +310,7 @@ def _run_synth(args) -> int:
         frames = frames.subset_frames(chosen)
     theta = np.deg2rad(frames.alpha)
     truth = thickness_profile(s["profile"], theta, s["thickness"], seed=s["seed"])
-    settings = ExperimentSettings(g_max=s["g_max"], sg_max=s["sg_max"], g_max_refine=s["g_max_refine"],
-                                  n_samples=s["samples"], r_sg_max=None)
+    settings = ExperimentSettings(**field_values("ExperimentSettings", "synth", s), r_sg_max=None)
     check_memory(crystal.volume, s["g_max"], s["sg_max"], frames.n_frames, s["samples"],
                  float(np.max(np.abs(frames.precession_angle))))
     bloch = BlochSettings(energy_from_wavelength(frames.wavelength))
