@@ -144,11 +144,14 @@ def test_command_line_defaults_build_the_python_defaults():
     assert exp.precession is True and exp.n_samples == 5
 
 
+def _subparser(command) -> argparse.ArgumentParser:
+    return next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
 def _options(command):
     """{dest: (action, group title)} of the options of `jaxed command`."""
-    sub = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    parser = sub.choices[command]
-    return {a.dest: (a, g.title) for g in parser._action_groups for a in g._group_actions if a.option_strings}
+    groups = _subparser(command)._action_groups
+    return {a.dest: (a, g.title) for g in groups for a in g._group_actions if a.option_strings}
 
 
 @pytest.mark.parametrize("command", ["simulate", "synth", "evaluate", "refine"])
@@ -158,6 +161,9 @@ def test_parser_options_come_from_the_schema(command):
     # command's files and run controls.
     options = _options(command)
     settings = schema(command)
+    groups = [g for g in _subparser(command)._action_groups if g.title in CONCERNS]
+    assert [g.title for g in groups] == [c for c in CONCERNS if any(s.concern == c for s in settings.values())]
+    assert all(g._group_actions for g in groups)  # no empty group in --help
     others = {"help", "out", "block", "config", "beam", "beams", "frames_from", "tilt_series", "resume",
               "no_progress"}
     assert set(options) - set(settings) <= others, set(options) - set(settings)

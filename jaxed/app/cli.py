@@ -52,10 +52,12 @@ def _help(setting: Setting) -> str:
 
 
 def _add_settings(p: argparse.ArgumentParser, command: str) -> dict:
-    """One option per setting of ``command``, in one group per concern (:data:`jaxed.settings.CONCERNS` order;
-    empty groups are not shown). Returns the groups by concern, for the options that are not settings."""
-    groups = {concern: p.add_argument_group(concern, title) for concern, title in CONCERNS.items()}
-    for s in schema(command).values():
+    """One option per setting of ``command``, in one group per concern it has (:data:`jaxed.settings.CONCERNS`
+    order). Returns the groups by concern, for the options that are not settings."""
+    settings = schema(command).values()
+    groups = {concern: p.add_argument_group(concern, title) for concern, title in CONCERNS.items()
+              if any(s.concern == concern for s in settings)}
+    for s in settings:
         options = {"dest": s.name, "default": None, "help": _help(s)}
         if s.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
