@@ -303,16 +303,21 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 def _index() -> tuple[dict, dict]:
+    """The settings by command and name, and by dataclass field; refuses a schema that contradicts itself."""
     by_command = {c: {} for c in COMMANDS}
     by_field = {}
     for s in SETTINGS:
-        assert s.concern in CONCERNS, s
-        assert s.default is None or s.kind is tuple or s.fits(s.default), s
+        if s.concern not in CONCERNS or not set(s.commands) <= set(COMMANDS):
+            raise ValueError(f"setting {s.name}: unknown concern {s.concern!r} or command in {s.commands}")
+        if not (s.default is None or s.kind is tuple or s.fits(s.default)):
+            raise ValueError(f"setting {s.name}: default {s.default!r} is not {s.describe()}")
         for c in s.commands:
-            assert s.name not in by_command[c], (c, s.name)  # one setting per name within a command
+            if s.name in by_command[c]:
+                raise ValueError(f"setting {s.name}: defined twice for `jaxed {c}`")
             by_command[c][s.name] = s
         if s.field is not None:
-            assert s.field not in by_field, s.field
+            if s.field in by_field:
+                raise ValueError(f"{s.field}: held by settings {by_field[s.field].name} and {s.name}")
             by_field[s.field] = s
     return by_command, by_field
 
