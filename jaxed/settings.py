@@ -297,8 +297,8 @@ SETTINGS: tuple[Setting, ...] = (
     # ---------------------------------------------------------------------------------------------------- run
     _s("float32", bool, False, "single precision (faster on GPUs; default float64)", "run",
        ("simulate", "evaluate", "refine")),
-    _s("frames_per_batch", int, 0, "frames per device step (0: chosen by the memory model)", "run", _REF, minimum=0,
-       field=_RC + "frames_per_batch"),
+    _s("frames_per_batch", int, 0, "frames per device step, lax.map over chunks (0: chosen by jaxed.model.batching's "
+       "memory model)", "run", _REF, minimum=0, field=_RC + "frames_per_batch"),
 )
 
 

@@ -109,7 +109,7 @@ class RefineConfig:
     frame_loss: str = field_default("RefineConfig.frame_loss")
     minibatch: int = field_default("RefineConfig.minibatch")
     thickness_samples: int = field_default("RefineConfig.thickness_samples")
-    frames_per_batch: int = field_default("RefineConfig.frames_per_batch")  # frames per device step (lax.map over chunks); 0: chosen by jaxed.model.batching's memory model
+    frames_per_batch: int = field_default("RefineConfig.frames_per_batch")  # frames per device step; 0: auto
     checkpoint_every: int = field_default("RefineConfig.checkpoint_every")
     seed: int = field_default("RefineConfig.seed")
     keep_best: bool = field_default("RefineConfig.keep_best")
