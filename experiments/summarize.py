@@ -7,7 +7,7 @@ is decided here, once (``TABLE1``, ``TABLE2``, ``TABLE3``, ``PARITY``, ``SPEED_*
 its kind, with the command that reproduces it (from its record).
 
 The tables are written between marker lines ``<!-- results:NAME:start -->`` / ``<!-- results:NAME:end -->`` in
-docs/RESULTS.md and experiments/results/table{1,2}.md, and between ``<!-- results:start -->`` /
+docs/RESULTS.md, docs/SPEED.md and experiments/results/table{1,2}.md, and between ``<!-- results:start -->`` /
 ``<!-- results:end -->`` in README.md; text outside the markers is left alone.
 
     python experiments/summarize.py            # rewrite the generated blocks
@@ -391,6 +391,7 @@ BLOCKS = {"table1": table1_block, "table1-robustness": table1_robust_block, "tab
           "table3": table3_block, "parity": parity_block, "speed": speed_block}
 FILES = {
     "docs/RESULTS.md": ["table1", "table2", "table3", "parity", "speed"],
+    "docs/SPEED.md": ["speed"],
     "experiments/results/table1.md": ["table1", "table1-robustness"],
     "experiments/results/table2.md": ["table2", "table3", "parity"],
 }
