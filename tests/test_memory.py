@@ -1,6 +1,5 @@
 """Memory model and frame chunking (jaxed.model.batching), Gauss–Legendre rocking quadrature (jaxed.model.experiment)."""
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -9,20 +8,14 @@ import pytest
 
 from jaxed.model.batching import bytes_per_frame, frames_per_batch
 from jaxed.physics.bloch import BlochSettings
-from jaxed.physics.crystal import load_structure
-from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
-from jaxed.data.pets import read_pets
 
 
 @pytest.fixture(scope="module")
-def small():
-    structure, data_path, _ = demo_files()
-    crystal, atoms = load_structure(structure)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = read_pets(data_path).subset_frames([0, 4, 8, 12, 16])
+def small(demo_quartz):
+    crystal, atoms = demo_quartz.crystal, demo_quartz.atoms
+    data = demo_quartz.data.subset_frames([0, 4, 8, 12, 16])
     exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2, n_samples=4))
     return crystal, atoms, data, exp, BlochSettings(exp.energy_kev)
 
@@ -117,7 +110,8 @@ def test_gauss_legendre_quadrature(small):
     gauss = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2,
                                                                  n_samples=4, quadrature="gauss"))
     assert np.shape(gauss.sample_weights) == (5, 4)
-    i = np.asarray(integrated_intensities(atoms, crystal, gauss, jnp.full(5, 600.0), bloch))
+    forward = jax.jit(lambda a, t: integrated_intensities(a, crystal, gauss, t, bloch))  # compiled: eager is slow
+    i = np.asarray(forward(atoms, jnp.full(5, 600.0)))
     assert np.all(np.isfinite(i)) and np.all(i[np.asarray(gauss.refl_mask)] >= 0)
     with pytest.raises(JaxedInputError, match="quadrature"):
         prepare_experiment(data, crystal, ExperimentSettings(n_samples=4, quadrature="simpson"))
