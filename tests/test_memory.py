@@ -78,8 +78,9 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
 
 @pytest.mark.slow  # ~35 s on 2 cores: run with -m slow
 def test_chunked_frames_equal_one_vmapped_call(small):
-    # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities and
-    # gradient w.r.t. positions/ADPs and thickness to rtol 1e-12 (float64, same operations per frame).
+    # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities to rtol
+    # 1e-12, gradient w.r.t. positions/ADPs and thickness to rtol 1e-10 (float64, same operations per frame); absolute
+    # parts 1e-12 of the largest value, for entries at rounding level (a frame lost or repeated is O(1)).
     crystal, atoms, _, exp, bloch = small
     t = jnp.linspace(500.0, 700.0, exp.n_frames)
     w = jnp.asarray(np.random.default_rng(0).uniform(size=np.shape(exp.refl_mask)))
@@ -89,11 +90,11 @@ def test_chunked_frames_equal_one_vmapped_call(small):
 
     i_all = integrated_intensities(atoms, crystal, exp, t, bloch)
     i_chunk = integrated_intensities(atoms, crystal, exp, t, bloch, frames_per_batch=2)
-    np.testing.assert_allclose(np.asarray(i_chunk), np.asarray(i_all), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(i_chunk), np.asarray(i_all), rtol=1e-12, atol=1e-12 * np.abs(i_all).max())
     g_all = jax.grad(loss, argnums=(0, 1))(atoms, t, None)
     g_chunk = jax.grad(loss, argnums=(0, 1))(atoms, t, 2)
     for a, b in zip(jax.tree_util.tree_leaves(g_chunk), jax.tree_util.tree_leaves(g_all)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14 * float(np.max(np.abs(b))))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12 * float(np.max(np.abs(b))))
 
 
 def test_gauss_legendre_quadrature(small):
