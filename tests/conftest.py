@@ -1,16 +1,20 @@
-"""Test configuration: float64 everywhere, strict rank promotion, paths to data.
+"""Test configuration: float64 everywhere, strict rank promotion, paths to data, the shipped demo problem.
 
 The library itself never flips ``jax_enable_x64``; the tests do, before anything is traced.
 """
+import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 
 import jaxed
 import numpy as np
 import pytest
+from jaxed import AtomParams, Crystal, PetsData
 
 jax.config.update("jax_enable_x64", True)
 jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
@@ -44,3 +48,30 @@ def directional_fd(loss, args, seed, h=1e-6, scales=None):
     minus = float(value(*(a - h * d for a, d in zip(args, dirs))))
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
     return sum(float(np.sum(np.asarray(g) * d)) for g, d in zip(grads, dirs)), (plus - minus) / (2 * h), grads
+
+
+class Demo(NamedTuple):
+    """The synthetic quartz demo shipped in jaxed/data (``jaxed.app.demo.demo_files``), read once per session."""
+
+    crystal: Crystal  # quartz P3₂21, the structure the data were synthesised from
+    atoms: AtomParams  # its true positions and ADPs
+    data: PetsData  # all 25 frames; take subsets with data.subset_frames (a new object, the arrays copied)
+    thickness: np.ndarray  # (25,) true thickness of each frame [Å] (quartz_demo.cif_pets.truth.json)
+
+
+@pytest.fixture(scope="session")
+def demo_quartz() -> Demo:
+    """The shipped demo problem, shared by every test module that needs it. Its arrays are made read-only: a test
+    that writes into them fails instead of changing what later tests see."""
+    from jaxed.app.demo import demo_files  # here, not at the top: jaxed.app pulls in matplotlib
+    structure, data_path, truth_path = demo_files()
+    crystal, atoms = jaxed.load_structure(structure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the UB cell is 1.16 % off _cell_* (as in the measured file it came from)
+        data = jaxed.read_pets(data_path)
+    for value in vars(data).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    thickness = np.array(json.loads(truth_path.read_text())["thickness_A"], dtype=np.float64)
+    thickness.flags.writeable = False
+    return Demo(crystal, atoms, data, thickness)

@@ -109,8 +109,10 @@ def test_interpolated_form_factors_match_direct_evaluation():
     # f'(|g|) from the 384-knot grid vs the quadrature at each exact |g|: 1e-4 of f'(0).
     crystal, atoms = load_structure(QUARTZ)
     g = jnp.asarray(np.linspace(0.0, 3.0, 157) + 0.0071)
-    interp = np.asarray(absorptive_form_factors(atoms, crystal, g, SETTINGS.gamma, SETTINGS.k))
-    direct = np.asarray(absorptive_form_factors(atoms, crystal, g, SETTINGS.gamma, SETTINGS.k, n_knots=157 * 8))
+    # compiled (eager dispatch of the quadrature costs seconds); g and the crystal are constants of the program
+    interp = np.asarray(jax.jit(lambda a: absorptive_form_factors(a, crystal, g, SETTINGS.gamma, SETTINGS.k))(atoms))
+    direct = np.asarray(jax.jit(lambda a: absorptive_form_factors(a, crystal, g, SETTINGS.gamma, SETTINGS.k,
+                                                                  n_knots=157 * 8))(atoms))
     exact = []
     for site in range(interp.shape[0]):
         species = np.asarray(crystal.species)[site]
@@ -189,7 +191,7 @@ def test_thermal_absorption_gradient_through_adps():
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     assert analytic == pytest.approx(fd, rel=1e-6)
     # the absorptive part carries ADP information of its own: its gradient alone is non-zero
-    g_abs = jax.grad(lambda u: jnp.real(absorptive_coefficients(AtomParams(atoms.frac, u, atoms.occupancy), crystal,
-                                                                 np.array([[2, 0, 0]]), SETTINGS.gamma,
-                                                                 SETTINGS.k)[0]))(atoms.u_star)
+    g_abs = jax.jit(jax.grad(lambda u: jnp.real(absorptive_coefficients(AtomParams(atoms.frac, u, atoms.occupancy),
+                                                                         crystal, np.array([[2, 0, 0]]),
+                                                                         SETTINGS.gamma, SETTINGS.k)[0])))(atoms.u_star)
     assert np.abs(np.asarray(g_abs)).max() > 0

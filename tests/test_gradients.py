@@ -66,10 +66,10 @@ def test_gradients_at_a_zone_axis_with_degenerate_eigenvalues():
     lam = np.linalg.eigvalsh(np.asarray(b))
     assert np.min(np.diff(lam)) < 1e-10
     tau = jnp.array([np.pi * 300.0 / settings.k])
-    naive = jax.grad(lambda m: _naive_intensity_sum(m, tau), holomorphic=False)(b)
+    naive = jax.jit(jax.grad(lambda m: _naive_intensity_sum(m, tau)))(b)  # compiled: eager dispatch costs seconds
     assert not np.all(np.isfinite(np.asarray(naive)))
 
-    ours = jax.grad(lambda m: jnp.sum(jnp.abs(propagate_eigh(m, tau)[:, 1:]) ** 2))(b)
+    ours = jax.jit(jax.grad(lambda m: jnp.sum(jnp.abs(propagate_eigh(m, tau)[:, 1:]) ** 2)))(b)
     assert np.all(np.isfinite(np.asarray(ours)))
 
     loss, args = _loss_fn(crystal, atoms, settings, rot, beams)
@@ -81,7 +81,8 @@ def test_gradients_at_a_zone_axis_with_degenerate_eigenvalues():
 
 def test_gradients_with_padded_beams_and_degenerate_padding_values():
     # A frame padded with many beams: gradients finite and equal to finite differences (tol 1e-6 relative), and
-    # equal to the unpadded gradients (tol 1e-10). Quartz at a general orientation, all parameters.
+    # equal to the unpadded gradients (tol 1e-10 relative, and 1e-10 of each gradient's norm absolute: entries near
+    # zero differ at rounding level). Quartz at a general orientation, all parameters.
     crystal, atoms, settings, rot, beams = _problem(QUARTZ, None, [1.0, 0.13, 2.4], 1.2, 0.02)
     padded = make_beam_set([np.asarray(beams.hkl[0])[np.asarray(beams.mask[0])]], n_beams=4 * beams.n_beams)
     loss, args = _loss_fn(crystal, atoms, settings, rot, beams)
@@ -89,7 +90,7 @@ def test_gradients_with_padded_beams_and_degenerate_padding_values():
     analytic, fd, grads = directional_fd(loss_p, args, seed=2)
     assert analytic == pytest.approx(fd, rel=1e-6)
     for g, g0 in zip(grads, jax.grad(loss, argnums=(0, 1, 2))(*args)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g0), rtol=1e-10, atol=1e-10 * np.linalg.norm(g0))
 
 
 def test_propagator_derivative_matches_expm_derivative():

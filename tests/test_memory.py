@@ -1,6 +1,5 @@
 """Memory model and frame chunking (jaxed.model.batching), Gauss–Legendre rocking quadrature (jaxed.model.experiment)."""
 import dataclasses
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -9,20 +8,14 @@ import pytest
 
 from jaxed.model.batching import bytes_per_frame, frames_per_batch
 from jaxed.physics.bloch import BlochSettings
-from jaxed.physics.crystal import load_structure
-from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
-from jaxed.data.pets import read_pets
 
 
 @pytest.fixture(scope="module")
-def small():
-    structure, data_path, _ = demo_files()
-    crystal, atoms = load_structure(structure)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        data = read_pets(data_path).subset_frames([0, 4, 8, 12, 16])
+def small(demo_quartz):
+    crystal, atoms = demo_quartz.crystal, demo_quartz.atoms
+    data = demo_quartz.data.subset_frames([0, 4, 8, 12, 16])
     exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2, n_samples=4))
     return crystal, atoms, data, exp, BlochSettings(exp.energy_kev)
 
@@ -85,8 +78,9 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
 
 @pytest.mark.slow  # ~35 s on 2 cores: run with -m slow
 def test_chunked_frames_equal_one_vmapped_call(small):
-    # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities and
-    # gradient w.r.t. positions/ADPs and thickness to rtol 1e-12 (float64, same operations per frame).
+    # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities to rtol
+    # 1e-12, gradient w.r.t. positions/ADPs and thickness to rtol 1e-10 (float64, same operations per frame); absolute
+    # parts 1e-12 of the largest value, for entries at rounding level (a frame lost or repeated is O(1)).
     crystal, atoms, _, exp, bloch = small
     t = jnp.linspace(500.0, 700.0, exp.n_frames)
     w = jnp.asarray(np.random.default_rng(0).uniform(size=np.shape(exp.refl_mask)))
@@ -96,11 +90,11 @@ def test_chunked_frames_equal_one_vmapped_call(small):
 
     i_all = integrated_intensities(atoms, crystal, exp, t, bloch)
     i_chunk = integrated_intensities(atoms, crystal, exp, t, bloch, frames_per_batch=2)
-    np.testing.assert_allclose(np.asarray(i_chunk), np.asarray(i_all), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(i_chunk), np.asarray(i_all), rtol=1e-12, atol=1e-12 * np.abs(i_all).max())
     g_all = jax.grad(loss, argnums=(0, 1))(atoms, t, None)
     g_chunk = jax.grad(loss, argnums=(0, 1))(atoms, t, 2)
     for a, b in zip(jax.tree_util.tree_leaves(g_chunk), jax.tree_util.tree_leaves(g_all)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14 * float(np.max(np.abs(b))))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12 * float(np.max(np.abs(b))))
 
 
 def test_gauss_legendre_quadrature(small):
@@ -117,7 +111,8 @@ def test_gauss_legendre_quadrature(small):
     gauss = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.4, sg_max=0.01, g_max_refine=1.2,
                                                                  n_samples=4, quadrature="gauss"))
     assert np.shape(gauss.sample_weights) == (5, 4)
-    i = np.asarray(integrated_intensities(atoms, crystal, gauss, jnp.full(5, 600.0), bloch))
+    forward = jax.jit(lambda a, t: integrated_intensities(a, crystal, gauss, t, bloch))  # compiled: eager is slow
+    i = np.asarray(forward(atoms, jnp.full(5, 600.0)))
     assert np.all(np.isfinite(i)) and np.all(i[np.asarray(gauss.refl_mask)] >= 0)
     with pytest.raises(JaxedInputError, match="quadrature"):
         prepare_experiment(data, crystal, ExperimentSettings(n_samples=4, quadrature="simpson"))

@@ -4,7 +4,9 @@ The file's measurement details say "continuous rotation", but the series is a pr
 cone, ≈ 1.5° tilt steps, one raw frame per virtual frame — and the reference paper's Table 2 lists it as
 precession. The intensities show it: every listed reflection within the cone's reach is integrated through its
 Bragg condition, which a rotation about the tilt axis cannot do for reflections near that axis. These tests pin the
-physics (which model fits the file), the convergence of the cone sampling, and the command-line switch.
+physics (which model fits the file), the convergence of the cone sampling, and the command-line switch. The first
+three are validations on the measured file (marker ``validation``, excluded by default: ``pytest -m validation``);
+the command-line test, which also checks that the cone fits better, runs in the default suite.
 
 Forward model throughout: the published structure (paracetamol_formII_Pbca.cif), the file's orientations, per-sample
 beam sets, float64.
@@ -36,6 +38,7 @@ def _frame_means(precession: bool, n_samples: int, thickness: float, frames: str
     return 100 * s["R_obs_frame_mean"], 100 * s["wR_all_frame_mean"], s["N_all"]
 
 
+@pytest.mark.validation  # measured data, seconds to tens of seconds: run with -m validation
 def test_the_paracetamol_file_is_a_precession_series():
     # On the same reflections (every listed one with |g| ≤ 1.2 Å⁻¹, no R_Sg cut), 300 Å, 24 samples, frames 1/20/40:
     # the cone fits the file about twice as well as the rotation its header names (measured on 17 frames: R_obs
@@ -47,6 +50,7 @@ def test_the_paracetamol_file_is_a_precession_series():
     assert r_rot > 45.0 and w_rot > 60.0, (r_rot, w_rot)
 
 
+@pytest.mark.validation  # measured data, seconds to tens of seconds: run with -m validation
 def test_precession_data_prefer_a_dynamical_thickness():
     # With the cone the file is dynamical: wR_all at 300–450 Å is clearly below the kinematical limit (10 Å); with
     # the rotation model the same frames preferred the thinnest crystal (results/table2.md). Margin: 5 points.
@@ -55,6 +59,7 @@ def test_precession_data_prefer_a_dynamical_thickness():
     assert thick < thin - 5.0, (thin, thick)
 
 
+@pytest.mark.validation  # measured data, seconds to tens of seconds: run with -m validation
 def test_doubling_the_cone_samples_changes_r_obs_by_less_than_a_tenth_of_a_point():
     # 450 Å, frames 1 and 30, R_Sg ≤ 0.5, ≤ 120 beams per sample: 96 azimuths (the Table 2 runs) vs 192 agree to
     # < 0.1 points of R_obs (measured 13.30 / 13.21 %, and 13.22 % with 384; on 9 frames 10.30 / 10.31 %). The check

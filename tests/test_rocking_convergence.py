@@ -4,6 +4,8 @@ Measured quartz (quartz_suresh2024 + quartz_P3221.cif, every 25th frame: 4 frame
 g_max_refine 1.6, R_Sg 0.9, per-sample beam sets (≤ 40 beams). Measured: R_obs 15.85 % (21 samples), 10.725 % (42),
 10.737 % (84): 42 → 84 moves R_obs by 0.013 points, 21 → 42 by 5.1 points (on 7 frames: 8.100, 8.088, and 8.084 %
 with 168 samples).
+
+A validation on measured data (marker ``validation``, excluded from the default suite: ``pytest -m validation``).
 """
 import warnings
 
@@ -27,6 +29,7 @@ def _r_obs(n_samples: int) -> float:
     return 100.0 * problem.summary(problem.params0)["R_obs"]
 
 
+@pytest.mark.validation  # measured data, 3 evaluations: run with -m validation
 def test_doubling_the_rocking_samples_changes_r_obs_by_less_than_a_tenth_of_a_point():
     # 42 (the peer's count) vs 84 samples: |ΔR_obs| < 0.1 points. The check has teeth: 21 samples (too coarse for an
     # 82 nm crystal's rocking curves) differ from 42 by > 1 point.

@@ -284,7 +284,9 @@ def test_fit_to_profile_recovers_quadratic_with_nn():
     elapsed = time.perf_counter() - start
     rms = float(jnp.sqrt(jnp.mean((t / target - 1.0) ** 2)))
     assert rms < 1e-2  # < 1 % RMS relative error
-    assert elapsed < 10.0  # test-sized budget [s], compile included
+    # test-sized budget [s], compile included; generous (a few seconds on 2 idle cores, 11 s on 2 loaded ones) so that
+    # machine load cannot fail it, while a recompilation per step (minutes) does
+    assert elapsed < 60.0
 
 
 def test_fit_to_profile_geometric_models():
