@@ -11,8 +11,8 @@ from the data or a documented default (docs/PROTOCOL.md gives the rules and what
 2. :func:`detect_geometry`: continuous rotation or precession, by fit — both integrations on a few frames, the
    structure fixed, each at its best single thickness; the lower wR_all wins.
 3. :func:`choose_sample_count`: rocking / cone samples doubled until R_obs changes by less than 0.1 points.
-4. :func:`choose_thickness`: one thickness for all frames, a coarse log-spaced scan then a local linear one (±
-   its step); frame scales in closed form (jaxed.refine.objective).
+4. :func:`choose_thickness`: one thickness for all frames, a coarse log-spaced scan then two local linear ones (±
+   the last one's step); frame scales in closed form (jaxed.refine.objective).
 
 :func:`first_stages` runs 1–4 in order and returns the settings, the thickness and every choice.
 Thickness scans evaluate all grid points in one call: ``vmap`` over the thickness leaves the structure matrices and
@@ -69,10 +69,9 @@ PROBE_FRAMES = 4
 SAMPLES_START = 12
 SAMPLES_MAX = 384
 SAMPLES_TOLERANCE = 1e-3
-#: Coarse thickness grid: log-spaced from T_MIN to T_MAX [Å], T_POINTS points; the fine scan puts T_FINE points
-#: between the neighbours of each of the T_MINIMA best coarse minima.
+#: Thickness scans: T_POINTS thicknesses each, the first log-spaced from T_MIN to T_MAX [Å], the second around the
+#: T_MINIMA lowest local minima of the first (:func:`choose_thickness`).
 T_MIN, T_MAX, T_POINTS = 50.0, 3000.0, 16
-T_FINE = 11
 T_MINIMA = 2
 #: Geometry test: fits whose wR_all differ by less than this relative amount are a tie (the file's statement stands).
 GEOMETRY_TIE = 0.01
@@ -134,8 +133,7 @@ def refinement_resolution(data) -> Choice:
                 return Choice("g_max_refine", float(upper), f"{nxt} < {MIN_MEAN_I_OVER_SIGMA:g} already; kept")
             return Choice("g_max_refine", float(shells[k - 1][0]), f"shells to {shells[k - 1][0]:.1f} Å⁻¹ have "
                           f"⟨I/σ⟩ ≥ {MIN_MEAN_I_OVER_SIGMA:g}; {nxt}")
-    chosen = shells[-1][0]
-    return Choice("g_max_refine", float(min(chosen, float(_g_norm(data).max()) + 1e-9)),
+    return Choice("g_max_refine", float(shells[-1][0]),
                   f"every shell to the data's limit has ⟨I/σ⟩ ≥ {MIN_MEAN_I_OVER_SIGMA:g}")
 
 
@@ -330,32 +328,39 @@ def _local_minima(wr: np.ndarray, n: int) -> list[int]:
     return sorted(idx, key=lambda i: wr[i])[:n]
 
 
+def _merge(*scans: ThicknessScan) -> ThicknessScan:
+    t = np.concatenate([s.thickness for s in scans])
+    t, first = np.unique(t, return_index=True)
+    pick = lambda name: np.concatenate([getattr(s, name) for s in scans])[first]  # noqa: E731
+    return ThicknessScan(t, pick("wr_all"), pick("r_obs"))
+
+
 def choose_thickness(atoms: AtomParams, crystal: Crystal, experiment: Experiment, bloch: BlochSettings, *,
-                     coarse=None, n_fine: int = T_FINE, n_minima: int = T_MINIMA) -> tuple[Choice, ThicknessScan]:
-    """Stage 4: one thickness for all frames (structure fixed, closed-form scales), the lowest wR_all of a coarse
-    log-spaced scan (:func:`thickness_grid`) refined by a linear scan of ``n_fine`` points between the neighbours of
-    each of the ``n_minima`` best coarse minima. The Choice's value is the thickness [Å]; its reason states the fine
-    step (the result is the true minimum ± one step). Returns (choice, every scanned point)."""
-    coarse = thickness_grid() if coarse is None else np.asarray(coarse, np.float64)
+                     n_points: int = T_POINTS, n_minima: int = T_MINIMA) -> tuple[Choice, ThicknessScan]:
+    """Stage 4: one thickness for all frames (structure fixed, closed-form scales), by three scans of ``n_points``
+    thicknesses each (one compiled program): log-spaced over [:data:`T_MIN`, :data:`T_MAX`]; linear between the
+    neighbours of each of the ``n_minima`` lowest local minima of wR_all; linear over ± one step of the second scan
+    around its best point. The Choice's value is the thickness of the lowest wR_all [Å], its reason the last
+    scan's step (the minimum lies within ± one step). Returns (choice, every scanned point)."""
+    coarse = thickness_grid(n=n_points)
     first = scan_thickness(atoms, crystal, experiment, bloch, coarse)
-    fine = []
-    for i in _local_minima(first.wr_all, n_minima):
-        lo, hi = coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)]
-        fine.append(np.linspace(lo, hi, n_fine))
-    fine = np.unique(np.concatenate(fine))
-    second = scan_thickness(atoms, crystal, experiment, bloch, fine)
-    t = np.concatenate([first.thickness, second.thickness])
-    order = np.argsort(t, kind="stable")
-    scan = ThicknessScan(t[order], np.concatenate([first.wr_all, second.wr_all])[order],
-                         np.concatenate([first.r_obs, second.r_obs])[order])
-    best = scan.best
-    step = float(np.max(np.diff(fine))) if fine.size > 1 else float("nan")
-    nb = np.searchsorted(fine, scan.thickness[best])
-    local = np.diff(fine)[max(min(nb, fine.size - 2), 0)] if fine.size > 1 else step
-    edge = " (at the edge of the grid)" if scan.thickness[best] in (coarse[0], coarse[-1]) else ""
-    return Choice("thickness", float(scan.thickness[best]),
-                  f"lowest wR_all {scan.wr_all[best]:.4f} (R_obs {scan.r_obs[best]:.4f}) of {len(coarse)} log-spaced "
-                  f"+ {fine.size} linear thicknesses, ± {local:.0f} Å{edge}"), scan
+    minima = _local_minima(first.wr_all, n_minima)
+    per = n_points // len(minima)
+    middle = np.concatenate([np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, n_points - 1)], per)
+                             for i in minima])
+    middle = np.concatenate([middle, np.full(n_points - middle.size, middle[-1])])  # the same program's size
+    second = scan_thickness(atoms, crystal, experiment, bloch, middle)
+    best = middle[int(np.argmin(second.wr_all))]
+    step = float(np.min(np.diff(np.unique(middle))))
+    fine = np.linspace(max(best - step, 1.0), best + step, n_points)
+    third = scan_thickness(atoms, crystal, experiment, bloch, fine)
+    scan = _merge(first, second, third)
+    k = scan.best
+    fine_step = float(fine[1] - fine[0])
+    edge = " (at the edge of the grid)" if scan.thickness[k] in (coarse[0], coarse[-1]) else ""
+    return Choice("thickness", float(scan.thickness[k]),
+                  f"lowest wR_all {scan.wr_all[k]:.4f} (R_obs {scan.r_obs[k]:.4f}) of 3 × {n_points} thicknesses "
+                  f"({T_MIN:g}–{T_MAX:g} Å log-spaced, then linear), ± {fine_step:.1f} Å{edge}"), scan
 
 
 # ------------------------------------------------------------------------------------------- 2. geometry by fit
@@ -365,7 +370,7 @@ def _probe_experiment(crystal, data, settings: ExperimentSettings, frames) -> Ex
 
 
 def detect_geometry(crystal: Crystal, atoms: AtomParams, data, settings: ExperimentSettings, bloch: BlochSettings,
-                    *, frames=None, n_samples: int = PROBE_SAMPLES, coarse=None) -> tuple[Choice, dict]:
+                    *, frames=None, n_samples: int = PROBE_SAMPLES) -> tuple[Choice, dict]:
     """Stage 2: continuous rotation or precession, decided by fit on a few frames.
 
     Both integrations are evaluated on the same reflections (every listed one with |g| ≤ g_max_refine, no R_Sg or
@@ -380,8 +385,7 @@ def detect_geometry(crystal: Crystal, atoms: AtomParams, data, settings: Experim
     for precession in (False, True):
         s = dataclasses.replace(settings, r_sg_max=None, d_sg_min=None, sg_max_refine=None, n_samples=n_samples,
                                 beam_selection="sample", max_beams=None, precession=precession)
-        fits[precession] = choose_thickness(atoms, crystal, _probe_experiment(crystal, data, s, frames), bloch,
-                                            coarse=coarse)
+        fits[precession] = choose_thickness(atoms, crystal, _probe_experiment(crystal, data, s, frames), bloch)
     wr = {p: float(f[1].wr_all[f[1].best]) for p, f in fits.items()}
     stated = uses_precession(ExperimentSettings(), data)
     name = {False: "rotation", True: "precession"}
