@@ -33,6 +33,7 @@ from jaxed.model import batching
 from jaxed.model.experiment import (Experiment, ExperimentSettings, intensities_from_table, prepare_experiment,
                                     uses_precession)
 from jaxed.physics.bloch import BlochSettings, centric_at_origin, potential_table
+from jaxed.physics.constants import energy_from_wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.refine import objective
 
@@ -346,12 +347,12 @@ def choose_thickness(atoms: AtomParams, crystal: Crystal, experiment: Experiment
     first = scan_thickness(atoms, crystal, experiment, bloch, coarse)
     minima = _local_minima(first.wr_all, n_minima)
     per = n_points // len(minima)
-    middle = np.concatenate([np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, n_points - 1)], per)
-                             for i in minima])
+    pieces = [np.linspace(coarse[max(i - 1, 0)], coarse[min(i + 1, n_points - 1)], per) for i in minima]
+    middle = np.concatenate(pieces)
     middle = np.concatenate([middle, np.full(n_points - middle.size, middle[-1])])  # the same program's size
     second = scan_thickness(atoms, crystal, experiment, bloch, middle)
-    best = middle[int(np.argmin(second.wr_all))]
-    step = float(np.min(np.diff(np.unique(middle))))
+    j = int(np.argmin(second.wr_all))
+    best, step = middle[j], float(np.diff(pieces[min(j // per, len(pieces) - 1)])[0])
     fine = np.linspace(max(best - step, 1.0), best + step, n_points)
     third = scan_thickness(atoms, crystal, experiment, bloch, fine)
     scan = _merge(first, second, third)
@@ -369,23 +370,43 @@ def _probe_experiment(crystal, data, settings: ExperimentSettings, frames) -> Ex
     return prepare_experiment(sub, crystal, settings)
 
 
+def _common_reflections(first: Experiment, second: Experiment) -> tuple[Experiment, Experiment]:
+    """The two experiments (same frames) with their masks restricted to the (frame, hkl) pairs both selected."""
+    masks = []
+    for a, b in ((first, second), (second, first)):
+        hkl_a, hkl_b = np.asarray(a.refl_hkl), np.asarray(b.refl_hkl)
+        ma, mb = np.asarray(a.refl_mask), np.asarray(b.refl_mask)
+        keep = np.zeros_like(ma)
+        for i in range(a.n_frames):
+            other = {tuple(h) for h in hkl_b[i][mb[i]]}
+            keep[i] = ma[i] & np.array([tuple(h) in other for h in hkl_a[i]])
+        masks.append(keep)
+    return dataclasses.replace(first, refl_mask=masks[0]), dataclasses.replace(second, refl_mask=masks[1])
+
+
 def detect_geometry(crystal: Crystal, atoms: AtomParams, data, settings: ExperimentSettings, bloch: BlochSettings,
                     *, frames=None, n_samples: int = PROBE_SAMPLES) -> tuple[Choice, dict]:
     """Stage 2: continuous rotation or precession, decided by fit on a few frames.
 
-    Both integrations are evaluated on the same reflections (every listed one with |g| ≤ g_max_refine, no R_Sg or
-    D_Sg cut, which depend on the geometry), each with per-sample beams and ``n_samples`` samples, the structure
-    fixed, at its own best single thickness (:func:`choose_thickness`); the lower wR_all wins. Fits within
-    :data:`GEOMETRY_TIE` (relative) of each other are a tie, and the file's statement stands.
+    Both integrations are evaluated on the same reflections: those listed with |g| ≤ g_max_refine whose Bragg
+    condition is crossed within the frame (R_Sg ≤ 1) under both geometries (R_Sg depends on the geometry; files
+    also list reflections crossed in neighbouring frames only). Each uses per-sample beams and ``n_samples``
+    samples, the structure fixed, at its own best single thickness (:func:`choose_thickness`); the lower wR_all
+    wins. Fits within :data:`GEOMETRY_TIE` (relative) of each other are a tie, and the file's statement stands.
 
     Returns (Choice 'precession' with a bool value, {False: (thickness choice, scan), True: ...}).
     """
     frames = probe_frames(data) if frames is None else np.asarray(frames)
-    fits = {}
+    exps = {}
     for precession in (False, True):
-        s = dataclasses.replace(settings, r_sg_max=None, d_sg_min=None, sg_max_refine=None, n_samples=n_samples,
+        s = dataclasses.replace(settings, r_sg_max=1.0, d_sg_min=None, sg_max_refine=None, n_samples=n_samples,
                                 beam_selection="sample", max_beams=None, precession=precession)
-        fits[precession] = choose_thickness(atoms, crystal, _probe_experiment(crystal, data, s, frames), bloch)
+        exps[precession] = _probe_experiment(crystal, data, s, frames)
+    exps[False], exps[True] = _common_reflections(exps[False], exps[True])
+    n_refl = int(np.sum(np.asarray(exps[False].refl_mask)))
+    if n_refl == 0:
+        raise JaxedInputError(f"{data.path}: no reflection of the probe frames is crossed under both geometries")
+    fits = {p: choose_thickness(atoms, crystal, e, bloch) for p, e in exps.items()}
     wr = {p: float(f[1].wr_all[f[1].best]) for p, f in fits.items()}
     stated = uses_precession(ExperimentSettings(), data)
     name = {False: "rotation", True: "precession"}
@@ -393,8 +414,8 @@ def detect_geometry(crystal: Crystal, atoms: AtomParams, data, settings: Experim
     winner = stated if tie else wr[True] < wr[False]
     how = "tie: the file's statement" if tie else "lower wR_all"
     reason = (f"{how}: rotation {wr[False]:.4f} at {fits[False][0].value:.0f} Å, precession {wr[True]:.4f} at "
-              f"{fits[True][0].value:.0f} Å ({len(frames)} frames, {n_samples} samples); the file says "
-              f"{name[stated]}")
+              f"{fits[True][0].value:.0f} Å ({len(frames)} frames, {n_refl} reflections, {n_samples} samples); the "
+              f"file says {name[stated]}")
     return Choice("precession", bool(winner), reason), fits
 
 
@@ -443,6 +464,10 @@ def first_stages(crystal: Crystal, atoms: AtomParams, data, bloch: BlochSettings
                  log: Callable[[str], None] = lambda s: None) -> FirstStages:
     """Stages 1–4 on ``data`` (all its frames for the thickness; the probe ``frames``, default
     :func:`probe_frames`, for the geometry and the sample count). ``log`` gets one line per choice."""
+    energy = energy_from_wavelength(float(data.wavelength))
+    if abs(bloch.energy_kev - energy) > 0.5:
+        raise JaxedInputError(f"{data.path}: the data's wavelength {data.wavelength} Å is {energy:.1f} kV, the Bloch "
+                              f"settings' energy {bloch.energy_kev:g} kV; expected the same")
     first = inspect(crystal, data, absorption=bloch.absorbing)
     for c in first.choices:
         log(f"{c.name}: {c.value} — {c.reason}")
