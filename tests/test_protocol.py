@@ -19,8 +19,9 @@ from jaxed.refine import protocol
 QUARTZ = str(resources.files("jaxed").joinpath("data") / "quartz_P3221.cif")
 DEMO = str(resources.files("jaxed").joinpath("data") / "quartz_demo.cif_pets")
 T_TRUE = 420.0  # [Å] the synthetic sets' constant thickness
-# modelling settings of the synthetic sets: small matrices (g_max 1.2 Å⁻¹), 32 samples (as good as continuous here)
-SYNTH = ExperimentSettings(g_max=1.2, g_max_refine=1.0, sg_max=0.01, n_samples=32, r_sg_max=None)
+# settings the synthetic sets are made with: small matrices (g_max 1.2 Å⁻¹), 96 samples (no count of the doubling
+# rule's sequence 8, 16, 32, … reproduces the generator exactly)
+SYNTH = ExperimentSettings(g_max=1.2, g_max_refine=1.0, sg_max=0.01, n_samples=96, r_sg_max=None)
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +86,11 @@ def test_r_sg_rule_tiles_the_tilt_range(quartz, rotation_data):
 
 
 def test_thickness_scan_finds_the_truth_within_one_step(quartz, rotation_data):
-    """Noise-free rotation data at 420 Å, modelled exactly as made: the three scans land within one step of the
-    last scan (stated in the reason, ≈ 1 % of t) of 420 Å, and wR_all there is < 1 % (it is 0 at the truth)."""
+    """Noise-free rotation data at 420 Å, modelled as made but with 32 samples (converged to the rule's 0.1 points,
+    test_sample_count_rule_reaches_the_converged_r): the three scans land within one step of the last scan (stated in the reason,
+    < 2 % of t) of 420 Å, and wR_all there is < 1 %."""
     crystal, atoms, bloch = quartz
-    exp = prepare_experiment(rotation_data, crystal, dataclasses.replace(SYNTH, precession=False))
+    exp = prepare_experiment(rotation_data, crystal, dataclasses.replace(SYNTH, precession=False, n_samples=32))
     choice, scan = protocol.choose_thickness(atoms, crystal, exp, bloch)
     step = float(choice.reason.split("±")[1].split("Å")[0])
     assert 0 < step < 0.02 * T_TRUE, choice.reason
@@ -119,18 +121,18 @@ def test_geometry_detector_picks_rotation_for_rotation_data(quartz, rotation_dat
 
 
 def test_sample_count_rule_reaches_the_converged_r(quartz, rotation_data):
-    """Doubling from 4 until R_obs changes by < 0.1 points: at the count chosen, R_obs is within 0.3 points of its
-    value at 128 samples (the rule's 0.1-point step summed over the remaining doublings, geometric), and the count
-    before it was not (R_obs ≥ 0.1 points away from the next count's)."""
+    """Doubling from 8 until R_obs changes by < 0.1 points: at the count chosen, R_obs is within 0.3 points of its
+    converged value — 0 at the generator's 96 samples (noise-free data, the model is the generator) — and the count
+    before it was not converged (R_obs moved ≥ 0.1 points on doubling it)."""
     crystal, atoms, bloch = quartz
     settings = dataclasses.replace(SYNTH, precession=False, r_sg_max=0.9)
-    choice, history = protocol.choose_sample_count(crystal, atoms, rotation_data, settings, bloch, T_TRUE, start=4,
+    choice, history = protocol.choose_sample_count(crystal, atoms, rotation_data, settings, bloch, T_TRUE, start=8,
                                                    n_max=64)
     n, r = choice.value, dict(history)
-    assert 4 < n <= 32, choice.reason  # 4 samples over 2° at 420 Å are far from converged
-    frames = protocol.probe_frames(rotation_data)
-    r_ref = protocol._r_obs_at(atoms, crystal, rotation_data, dataclasses.replace(settings, n_samples=128), bloch,
-                               T_TRUE, frames)
+    assert 8 < n <= 32, choice.reason  # 8 samples over 2° at 420 Å are not converged
+    r_ref = protocol._r_obs_at(atoms, crystal, rotation_data, settings, bloch, T_TRUE,
+                               protocol.probe_frames(rotation_data))
+    assert r_ref < 1e-8, r_ref
     assert abs(r[n] - r_ref) < 3e-3, (history, r_ref)
     assert abs(r[n // 2] - r[n]) >= 1e-3, history
 
