@@ -462,8 +462,10 @@ class FirstStages:
 
 def first_stages(crystal: Crystal, atoms: AtomParams, data, bloch: BlochSettings, *, frames=None,
                  log: Callable[[str], None] = lambda s: None) -> FirstStages:
-    """Stages 1–4 on ``data`` (all its frames for the thickness; the probe ``frames``, default
-    :func:`probe_frames`, for the geometry and the sample count). ``log`` gets one line per choice."""
+    """Stages 1–4 on ``data``: inspect; the geometry on the probe ``frames`` (default :func:`probe_frames`); a
+    first thickness on all frames with :data:`PROBE_SAMPLES` samples; the sample count on the probe frames at that
+    thickness (rocking curves narrow as the crystal thickens, so the count is checked where the crystal is); the
+    thickness again on all frames with that count. ``log`` gets one line per choice."""
     energy = energy_from_wavelength(float(data.wavelength))
     if abs(bloch.energy_kev - energy) > 0.5:
         raise JaxedInputError(f"{data.path}: the data's wavelength {data.wavelength} Å is {energy:.1f} kV, the Bloch "
@@ -471,17 +473,21 @@ def first_stages(crystal: Crystal, atoms: AtomParams, data, bloch: BlochSettings
     first = inspect(crystal, data, absorption=bloch.absorbing)
     for c in first.choices:
         log(f"{c.name}: {c.value} — {c.reason}")
-    geometry, fits = detect_geometry(crystal, atoms, data, first.settings, bloch, frames=frames)
+    geometry, _ = detect_geometry(crystal, atoms, data, first.settings, bloch, frames=frames)
     log(f"{geometry.name}: {geometry.value} — {geometry.reason}")
     second = first if geometry.value == first.settings.precession else inspect(
         crystal, data, precession=geometry.value, absorption=bloch.absorbing)
-    probe_t = fits[geometry.value][0].value
-    samples, _ = choose_sample_count(crystal, atoms, data, second.settings, bloch, probe_t, frames=frames)
+    settings = dataclasses.replace(second.settings, n_samples=PROBE_SAMPLES)
+    rough, scan = choose_thickness(atoms, crystal, prepare_experiment(data, crystal, settings), bloch)
+    log(f"thickness at {PROBE_SAMPLES} samples: {rough.value:.0f} — {rough.reason}")
+    samples, _ = choose_sample_count(crystal, atoms, data, settings, bloch, rough.value, frames=frames)
     log(f"{samples.name}: {samples.value} — {samples.reason}")
-    settings = dataclasses.replace(second.settings, n_samples=samples.value)
+    thickness = rough
+    settings = dataclasses.replace(settings, n_samples=samples.value)
     experiment = prepare_experiment(data, crystal, settings)
-    thickness, scan = choose_thickness(atoms, crystal, experiment, bloch)
-    log(f"{thickness.name}: {thickness.value:.0f} — {thickness.reason}")
+    if samples.value != PROBE_SAMPLES:
+        thickness, scan = choose_thickness(atoms, crystal, experiment, bloch)
+        log(f"{thickness.name}: {thickness.value:.0f} — {thickness.reason}")
     memory = memory_estimate(experiment.matrix_size, samples.value, experiment.n_frames, absorption=bloch.absorbing)
     kept = tuple(c for c in second.choices if c.name not in ("precession", "frames_per_batch"))
     return FirstStages(settings=settings, thickness=float(thickness.value),
