@@ -73,6 +73,22 @@ def test_inspect_gives_sensible_limits_on_the_demo_data(quartz):
     assert table.count("\n") == len(ins.choices) + 1 and all(c.reason for c in ins.choices)
 
 
+def test_resolution_rule_stops_at_the_first_weak_shell(quartz):
+    """The demo data with σ raised 10⁴-fold beyond 1.2 Å⁻¹ (mean I/σ there < 2, every shell below stays strong):
+    g_max_refine is 1.2 Å⁻¹ exactly, g_max 1.6 (the data's limit, ≥ 1.2 + 0.2); without an RC width in the file
+    D_Sg is the 0.0015 Å⁻¹ default."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = read_pets(DEMO)
+    g = np.linalg.norm(np.asarray(data.hkl) @ np.asarray(data.ub).T, axis=1)
+    weak = dataclasses.replace(data, sigma=np.where(g > 1.2, 1e4 * data.sigma, data.sigma), details={})
+    assert protocol.refinement_resolution(weak).value == pytest.approx(1.2, abs=1e-9)
+    assert protocol.matrix_resolution(weak, 1.2).value == pytest.approx(1.6, abs=1e-9)
+    assert protocol.d_sg_cut(weak).value == pytest.approx(protocol.D_SG_DEFAULT, abs=1e-15)
+    shells = protocol.resolution_shells(weak)
+    assert sum(n for _, n, _, _ in shells) == len(g)  # every reflection in one shell
+
+
 def test_r_sg_rule_tiles_the_tilt_range(quartz, rotation_data):
     """R_Sg = Δα/(2φ) (rotation) and Δα/(2 sin α_p) (precession), clipped into [0.4, 1]: exact to 1e-3 (the
     value is rounded to three decimals)."""
