@@ -9,6 +9,7 @@ import pytest
 
 from conftest import shared_file
 from jaxed.data.pets import read_pets
+from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, prepare_experiment
 from jaxed.model.synth import synthesize, tilt_series
 from jaxed.physics.bloch import BlochSettings
@@ -89,7 +90,7 @@ def test_resolution_rule_stops_at_the_first_weak_shell(quartz):
     assert sum(n for _, n, _, _ in shells) == len(g)  # every reflection in one shell
 
 
-def test_r_sg_rule_tiles_the_tilt_range(quartz, rotation_data):
+def test_r_sg_rule_tiles_the_tilt_range(quartz):
     """R_Sg = Δα/(2φ) (rotation) and Δα/(2 sin α_p) (precession), clipped into [0.4, 1]: exact to 1e-3 (the
     value is rounded to three decimals)."""
     frames = tilt_series(quartz[0], alpha_start=0.0, alpha_end=6.0, step=1.5, semi_angle=1.4)
@@ -103,8 +104,8 @@ def test_r_sg_rule_tiles_the_tilt_range(quartz, rotation_data):
 
 def test_thickness_scan_finds_the_truth_within_one_step(quartz, rotation_data):
     """Noise-free rotation data at 420 Å, modelled as made but with 32 samples (converged to the rule's 0.1 points,
-    test_sample_count_rule_reaches_the_converged_r): the three scans land within one step of the last scan (stated in the reason,
-    < 2 % of t) of 420 Å, and wR_all there is < 1 %."""
+    test_sample_count_rule_reaches_the_converged_r): the three scans land within one step of the last scan (stated
+    in the reason, < 2 % of t) of 420 Å, and wR_all there is < 1 %."""
     crystal, atoms, bloch = quartz
     exp = prepare_experiment(rotation_data, crystal, dataclasses.replace(SYNTH, precession=False, n_samples=32))
     choice, scan = protocol.choose_thickness(atoms, crystal, exp, bloch)
@@ -151,6 +152,14 @@ def test_sample_count_rule_reaches_the_converged_r(quartz, rotation_data):
     assert r_ref < 1e-8, r_ref
     assert abs(r[n] - r_ref) < 3e-3, (history, r_ref)
     assert abs(r[n // 2] - r[n]) >= 1e-3, history
+
+
+def test_first_stages_refuse_an_energy_other_than_the_data(quartz, rotation_data):
+    """Bloch settings at 300 kV for data measured at λ = 0.02508 Å (200 kV): a one-line input error, before any
+    simulation."""
+    crystal, atoms, _ = quartz
+    with pytest.raises(JaxedInputError, match="kV"):
+        protocol.first_stages(crystal, atoms, rotation_data, BlochSettings(300.0))
 
 
 # ------------------------------------------------------------------------------------------------ measured data

@@ -14,7 +14,8 @@ from the data or a documented default (docs/PROTOCOL.md gives the rules and what
 4. :func:`choose_thickness`: one thickness for all frames, a coarse log-spaced scan then two local linear ones (±
    the last one's step); frame scales in closed form (jaxed.refine.objective).
 
-:func:`first_stages` runs 1–4 in order and returns the settings, the thickness and every choice.
+:func:`first_stages` runs them (1, 2, 4 with the probe sample count, 3 at that thickness, 4 again) and returns the
+settings, the thickness and every choice.
 Thickness scans evaluate all grid points in one call: ``vmap`` over the thickness leaves the structure matrices and
 their ``eigh`` unbatched (they do not depend on it), so a grid costs one diagonalisation per sample.
 """
@@ -116,7 +117,8 @@ def resolution_shells(data, width: float = SHELL_WIDTH) -> list[tuple[float, int
         if sel.sum() < MIN_SHELL_COUNT and j < n_shells - 1:
             continue  # merged into the next shell (lower stays)
         if sel.any():
-            out.append((round(upper, 6), int(sel.sum()), float(i_over_s[sel].mean()), float(np.mean(i_over_s[sel] > 3))))
+            out.append((round(upper, 6), int(sel.sum()), float(i_over_s[sel].mean()),
+                        float(np.mean(i_over_s[sel] > 3))))
         lower = upper + 1e-9
     return out
 
