@@ -76,16 +76,18 @@ def bethe_integrated(u_ext, crystal, experiment, sets, thickness, settings, beth
     recip = jnp.asarray(crystal.reciprocal, dtype)
     beams = experiment.beams
 
-    def per_frame(hkl, mask, coupling, rots, t, refl_beam, s, sm, w, wm):
-        def per_sample(rot, s1, sm1, w1, wm1):
-            i = bethe_intensities(u_ext, hkl, mask, coupling, s1, sm1, w1, wm1, rot, t, recip, settings, bethe)
+    def per_frame(hkl, mask, coupling, rots, t, refl_beam, s, sm, w, wm, f, fm):
+        def per_sample(rot, s1, sm1, w1, wm1, f1, fm1):
+            i = bethe_intensities(u_ext, hkl, mask, coupling, s1, sm1, w1, wm1, rot, t, recip, settings, bethe,
+                                  folded=f1, folded_mask=fm1)
             return jnp.mean(i, axis=0)  # thickness draws
-        i = jax.vmap(per_sample)(rots, s, sm, w, wm)
+        i = jax.vmap(per_sample)(rots, s, sm, w, wm, f, fm)
         return jnp.mean(i, axis=0)[refl_beam]
 
     return jax.vmap(per_frame)(jnp.asarray(beams.hkl), jnp.asarray(beams.mask), jnp.asarray(beams.coupling), orient,
                                thickness[:, None], jnp.asarray(experiment.refl_beam), *(jnp.asarray(x) for x in (
-                                   sets.strong, sets.strong_mask, sets.weak, sets.weak_mask)))
+                                   sets.strong, sets.strong_mask, sets.weak, sets.weak_mask, sets.folded,
+                                   sets.folded_mask)))
 
 
 def best_of(fns, repeats):
@@ -139,6 +141,7 @@ def run_case(name, spec, frames, samples, bethe, repeats):
            "beams_full": {"padded": exp.matrix_size, "mean": float(np.asarray(exp.sample_beam_mask).sum(-1).mean())},
            "beams_strong": {"padded": int(sets.strong.shape[-1]), "mean": float(sets.strong_mask.sum(-1).mean())},
            "beams_weak": {"padded": int(sets.weak.shape[-1]), "mean": float(sets.weak_mask.sum(-1).mean())},
+           "beams_folded": {"padded": int(sets.folded.shape[-1]), "mean": float(sets.folded_mask.sum(-1).mean())},
            "select_s": t_select}
     results = {}
     for label, model in (("full", full_model), ("reduced", reduced_model)):
@@ -193,9 +196,11 @@ def main(argv=None):
     ap.add_argument("--strength", type=float, default=BetheSettings.strength)
     ap.add_argument("--sg-strong", type=float, default=BetheSettings.sg_strong)
     ap.add_argument("--observed-sg", type=float, default=BetheSettings.observed_sg)
+    ap.add_argument("--max-strong", type=int, default=BetheSettings.max_strong)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_large"))
     args = ap.parse_args(argv)
-    bethe = BetheSettings(strength=args.strength, sg_strong=args.sg_strong, observed_sg=args.observed_sg)
+    bethe = BetheSettings(strength=args.strength, sg_strong=args.sg_strong, observed_sg=args.observed_sg,
+                          max_strong=args.max_strong)
     command = "python experiments/bench_large.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rows = []
     t0 = time.perf_counter()
@@ -210,10 +215,10 @@ def main(argv=None):
     lines = ["# Large cells: strong beams + Bethe potentials vs the full per-sample matrix (experiments/bench_large.py)",
              "", f"`{command}` — {record['date']}, {os.cpu_count()} CPU cores shared with other jobs, 1 BLAS thread, "
              f"jax {jax.__version__}, float64, wall {wall:.0f} s. BetheSettings: strength {bethe.strength}, "
-             f"sg_strong {bethe.sg_strong} Å⁻¹, observed_sg {bethe.observed_sg} Å⁻¹. Times: jitted wR_all value + "
+             f"sg_strong {bethe.sg_strong} Å⁻¹, observed_sg {bethe.observed_sg} Å⁻¹, max_strong {bethe.max_strong}. Times: jitted wR_all value + "
              "gradient (positions, ADPs, thickness), minimum of interleaved repeats, per frame with all its samples; "
              "the ratio is within one process (robust to load), the absolute times are not.", "",
-             "| case | frames × samples | beams/sample full N (mean) | strong N (mean) | weak N (mean) "
+             "| case | frames × samples | beams/sample full N (mean) | strong N (mean) | weak observed / folded N (mean) "
              "| max \\|ΔI\\|/I_max (worst frame) | R_obs full → reduced (\\|Δ\\| points) | grad cosine "
              "| ms/frame full | ms/frame reduced | speed-up | Bloch part: ms/frame full → reduced (speed-up) "
              "| load avg |", "|" + "---|" * 13]
@@ -222,7 +227,8 @@ def main(argv=None):
             f"| {r['case']} (g_max {r['g_max']}, t {r['thickness_A']:.0f} Å) | {len(r['frames'])} × {r['samples']} "
             f"| {r['beams_full']['padded']} ({r['beams_full']['mean']:.0f}) "
             f"| {r['beams_strong']['padded']} ({r['beams_strong']['mean']:.0f}) "
-            f"| {r['beams_weak']['padded']} ({r['beams_weak']['mean']:.0f}) | {r['max_dI_rel_worst_frame']:.1e} "
+            f"| {r['beams_weak']['padded']} ({r['beams_weak']['mean']:.0f}) / {r['beams_folded']['padded']} "
+            f"({r['beams_folded']['mean']:.0f}) | {r['max_dI_rel_worst_frame']:.1e} "
             f"| {r['R_obs_full']:.2f} → {r['R_obs_reduced']:.2f} ({r['dR_obs_points']:.3f}) "
             f"| {r['grad_cosine']:.5f} | {r['ms_per_frame_full']:.0f} | {r['ms_per_frame_reduced']:.0f} "
             f"| {r['speedup']:.1f}× | {r['ms_per_frame_bloch_full']:.0f} → {r['ms_per_frame_bloch_reduced']:.0f} "

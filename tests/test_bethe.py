@@ -1,6 +1,7 @@
 """Strong beams + second-order Bethe potentials (jaxed.physics.bethe) against the full Bloch matrix: exactness with
 every beam strong, convergence with the threshold, the sign of the correction, perturbative weak amplitudes,
 derivatives at a general orientation and at a zone axis, host selection."""
+import dataclasses
 import functools
 
 import jax
@@ -128,6 +129,9 @@ def test_observed_reflections_are_strong_near_bragg():
     _, st2, wk2 = split(u, crystal, beams, rot, settings, bethe, observed)
     assert set(near) <= set(st2) and not set(far) & set(st2)
     assert sorted(np.concatenate([st2, wk2])) == sorted(cand)
+    capped = dataclasses.replace(bethe, strength=0.0, max_strong=len(st2) + 5)  # all strong, then capped
+    _, st3, _ = split(u, crystal, beams, rot, settings, capped, observed)
+    assert len(st3) == len(st2) + 5 and set(st2) <= set(st3) and st3[0] == 0
     with pytest.raises(ValueError, match="strength"):
         BetheSettings(strength=-1.0)
 
@@ -143,7 +147,8 @@ def test_select_bethe_beams_pads_every_sample():
     assert sets.strong.shape[2] % 8 == 0 and sets.weak.shape[:2] == (1, 3)
     _, st, wk = split(u, crystal, beams, orients[0, 1], settings, bethe)
     np.testing.assert_array_equal(sets.strong[0, 1][sets.strong_mask[0, 1]], st)
-    np.testing.assert_array_equal(sets.weak[0, 1][sets.weak_mask[0, 1]], wk)
+    assert not sets.weak_mask.any()  # nothing observed: every weak beam is only folded in
+    np.testing.assert_array_equal(sets.folded[0, 1][sets.folded_mask[0, 1]], wk)
     assert not np.array_equal(sets.strong_mask[0, 0], sets.strong_mask[0, 2])  # the split follows the orientation
 
 

@@ -55,12 +55,17 @@ class BetheSettings:
         sg_strong: beams with |s_g| ≤ this are always strong [Å⁻¹] (it also keeps the denominators 2K s_w of the
             weak beams away from 0).
         observed_sg: observed reflections with |s_g| ≤ this at the orientation are always strong [Å⁻¹].
-        weak_order: N of the weak amplitudes' expansion about λ̄ (module docstring): 0 = textbook Bethe, 1 default.
+        max_strong: cap on the strong beams of one orientation (None: no cap); beyond it the beams of lowest
+            strength are folded in as weak (forced beams are kept first, then by decreasing strength). The padded
+            matrix size is the largest strong set over all samples, so the cap bounds the cost.
+        weak_order: absorbing and 'expm' paths only: N of the weak amplitudes' expansion about λ̄ (module
+            docstring); 0 = the textbook Bethe amplitude. The elastic 'eigh' path is exact to first order.
     """
 
     strength: float = 0.05
     sg_strong: float = 1.0e-3
     observed_sg: float = 2.0e-3
+    max_strong: int | None = None
     weak_order: int = 0
 
     def __post_init__(self):
@@ -68,25 +73,31 @@ class BetheSettings:
             raise ValueError(f"Bethe strength threshold {self.strength}: expected ≥ 0")
         if not (self.sg_strong >= 0 and self.observed_sg >= 0):
             raise ValueError(f"sg_strong {self.sg_strong}, observed_sg {self.observed_sg}: expected ≥ 0 [Å⁻¹]")
+        if self.max_strong is not None and not (isinstance(self.max_strong, int) and self.max_strong >= 1):
+            raise ValueError(f"max_strong {self.max_strong!r}: expected None or an integer ≥ 1")
         if not (isinstance(self.weak_order, int) and self.weak_order >= 0):
             raise ValueError(f"weak_order {self.weak_order!r}: expected an integer ≥ 0")
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["strong", "strong_mask", "weak", "weak_mask"],
-         meta_fields=[])
+@partial(jax.tree_util.register_dataclass,
+         data_fields=["strong", "strong_mask", "weak", "weak_mask", "folded", "folded_mask"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class BetheBeams:
     """Per-sample strong and weak beam lists, indices into each frame's beam list (host arrays, padded).
 
     Attributes:
         strong: (n_frames, n_samples, n_strong) int; entry 0 is the direct beam.  strong_mask: same shape, bool.
-        weak: (n_frames, n_samples, n_weak) int.  weak_mask: same shape, bool (False on padding).
+        weak: (n_frames, n_samples, n_weak) int, the weak beams that are observed reflections (their amplitudes are
+            computed).  weak_mask: same shape, bool (False on padding).
+        folded: (n_frames, n_samples, n_folded) int, the other weak beams (folded into B_eff only).  folded_mask.
     """
 
     strong: np.ndarray
     strong_mask: np.ndarray
     weak: np.ndarray
     weak_mask: np.ndarray
+    folded: np.ndarray
+    folded_mask: np.ndarray
 
 
 def partition_beams(u_abs: np.ndarray, coupling: np.ndarray, sg: np.ndarray, candidates: np.ndarray,
@@ -113,6 +124,11 @@ def partition_beams(u_abs: np.ndarray, coupling: np.ndarray, sg: np.ndarray, can
     den = 2.0 * k * np.maximum(s, 1e-300)
     strength = u_abs[coupling[np.ix_(candidates, s0)]].max(axis=1) / den
     strong = forced | (strength >= settings.strength)
+    if settings.max_strong is not None and strong.sum() > settings.max_strong:
+        rank = np.argsort(-np.where(forced, np.inf, strength), kind="stable")  # forced first, then by strength
+        strong = np.zeros_like(strong)
+        strong[rank[: settings.max_strong]] = True
+        strong[0] = True
     return candidates[strong], candidates[~strong]
 
 
@@ -148,18 +164,18 @@ def select_bethe_beams(u_ext, hkl: np.ndarray, mask: np.ndarray, coupling: np.nd
             per-sample selection), or None: every beam of the frame list is a candidate at every sample.
 
     Returns:
-        :class:`BetheBeams`, padded to multiples of 8.
+        :class:`BetheBeams`, padded to multiples of 8: strong beams, observed weak beams, other weak beams.
     """
     u = np.asarray(u_ext)
     u_abs = np.abs(u[0] if u.ndim == 2 else u)
     hkl, mask, coupling = np.asarray(hkl), np.asarray(mask), np.asarray(coupling)
     orientations, observed = np.asarray(orientations), np.asarray(observed)
     n_frames, n_samples = orientations.shape[:2]
-    strong_lists, weak_lists = [], []
+    strong_lists, weak_lists, folded_lists = [], [], []
     for i in range(n_frames):
         g = np.einsum("bj,sij->sbi", hkl[i] @ np.asarray(reciprocal).T, orientations[i])  # (n_s, n_b, 3) lab
         sg = np.asarray(excitation_errors(g, k))
-        fs, fw = [], []
+        fs, fw, ff = [], [], []
         for j in range(n_samples):
             if sample_beams is None:
                 cand = np.nonzero(mask[i])[0]
@@ -167,12 +183,15 @@ def select_bethe_beams(u_ext, hkl: np.ndarray, mask: np.ndarray, coupling: np.nd
                 cand = np.asarray(sample_beams[i, j])[np.asarray(sample_beam_mask[i, j])]
             s_idx, w_idx = partition_beams(u_abs, coupling[i], sg[j], cand, observed[i], k, settings)
             fs.append(s_idx)
-            fw.append(w_idx)
+            fw.append(w_idx[observed[i][w_idx]])
+            ff.append(w_idx[~observed[i][w_idx]])
         strong_lists.append(fs)
         weak_lists.append(fw)
+        folded_lists.append(ff)
     strong, strong_mask = _pad(strong_lists, n_frames, n_samples)
     weak, weak_mask = _pad(weak_lists, n_frames, n_samples)
-    return BetheBeams(strong, strong_mask, weak, weak_mask)
+    folded, folded_mask = _pad(folded_lists, n_frames, n_samples)
+    return BetheBeams(strong, strong_mask, weak, weak_mask, folded, folded_mask)
 
 
 def _coupling_block(u_ext: jax.Array, index: jax.Array, pair_mask: jax.Array,
@@ -190,7 +209,7 @@ def _coupling_block(u_ext: jax.Array, index: jax.Array, pair_mask: jax.Array,
 def bethe_wavefunction(u_ext: jax.Array, hkl_s: jax.Array, mask_s: jax.Array, hkl_w: jax.Array, mask_w: jax.Array,
                        c_ss: jax.Array, c_sw: jax.Array, c_ws: jax.Array, rotation: jax.Array, thickness: jax.Array,
                        reciprocal: jax.Array, settings: BlochSettings, bethe: BetheSettings = BetheSettings(),
-                       normal: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                       normal: jax.Array | None = None, n_amplitude: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Amplitudes of the strong beams (Bloch matrix with second-order Bethe potentials) and of the weak beams (first
     order off the strong-beam solution) of one orientation (module docstring).
 
@@ -202,9 +221,12 @@ def bethe_wavefunction(u_ext: jax.Array, hkl_s: jax.Array, mask_s: jax.Array, hk
         rotation: crystal → lab (3, 3).  thickness: (n_t,) [Å] along the surface normal.
         reciprocal: (3, 3) [Å⁻¹].  settings: physics settings.  bethe: uses ``weak_order``.
         normal: crystal-frame surface normal (3,) or None (along the beam).
+        n_amplitude: amplitudes are computed for the first ``n_amplitude`` weak beams only (static; None: all);
+            the others are only folded into B_eff (their amplitudes cost n_s² per beam and are not needed when they
+            are not observed).
 
     Returns:
-        (ψ_S (n_t, n_s), ψ_W (n_t, n_w)) complex; zero on padding.
+        (ψ_S (n_t, n_s), ψ_W (n_t, n_amplitude)) complex; zero on padding.
     """
     k = settings.k
     dtype = jnp.real(u_ext).dtype
@@ -223,15 +245,20 @@ def bethe_wavefunction(u_ext: jax.Array, hkl_s: jax.Array, mask_s: jax.Array, hk
     delta = jnp.where(mask_w, b_w - lam_ref, 1.0)  # δ_w; padded weak beams couple through 0
     inv = (1.0 / delta)[None, :]
     # B_tot = B + iB_a; the correction B_SW δ⁻¹ B_WS splits into Hermitian elastic and absorptive parts
-    b_eff = b - ((r_sw * inv) @ r_ws - (a_sw * inv) @ a_ws)
-    b_a_eff = b_a - ((r_sw * inv) @ a_ws + (a_sw * inv) @ r_ws)
+    if settings.absorbing:
+        b_eff = b - ((r_sw * inv) @ r_ws - (a_sw * inv) @ a_ws)
+        b_a_eff = b_a - ((r_sw * inv) @ a_ws + (a_sw * inv) @ r_ws)
+    else:
+        b_eff, b_a_eff = b - (r_sw * inv) @ r_ws, b_a
     tau = jnp.pi * thickness / kn
+    na = hkl_w.shape[0] if n_amplitude is None else n_amplitude
     if not settings.absorbing and settings.propagator == "eigh":  # exact first order, one eigh
-        phi_s, phi_w = propagate_eigh_weak(b_eff, r_ws, b_w, tau)
+        phi_s, phi_w = propagate_eigh_weak(b_eff, r_ws[:na], b_w[:na], tau)
     else:
         phi_s = propagate(b_eff, b_a_eff, tau, settings)  # (n_t, n_s)
-        phi_w = _weak_series(phi_s, b_eff, b_a_eff, r_ws, a_ws, b_w, delta, lam_ref, tau, u_ext, c_ss[0, 0],
-                             m_w, settings, bethe.weak_order)
+        phi_w = _weak_series(phi_s, b_eff, b_a_eff, r_ws[:na], a_ws[:na], b_w[:na], delta[:na], lam_ref, tau, u_ext,
+                             c_ss[0, 0], m_w[:na], settings, bethe.weak_order)
+    mask_w, m_w = mask_w[:na], m_w[:na]
     psi_s = jnp.where(mask_s[None, :], phi_s * m_s[None, :], 0.0)
     psi_w = jnp.where(mask_w[None, :], phi_w * m_w[None, :], 0.0)
     return psi_s, psi_w
@@ -261,15 +288,18 @@ def _weak_series(phi_s, b_eff, b_a_eff, r_ws, a_ws, b_w, delta, lam_ref, tau, u_
 def bethe_intensities(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupling: jax.Array, strong: jax.Array,
                       strong_mask: jax.Array, weak: jax.Array, weak_mask: jax.Array, rotation: jax.Array,
                       thickness: jax.Array, reciprocal: jax.Array, settings: BlochSettings,
-                      bethe: BetheSettings = BetheSettings(), normal: jax.Array | None = None) -> jax.Array:
+                      bethe: BetheSettings = BetheSettings(), normal: jax.Array | None = None,
+                      folded: jax.Array | None = None, folded_mask: jax.Array | None = None) -> jax.Array:
     """Intensities I_g = |ψ_g|² of one orientation on its frame's beam list, strong beams from the reduced Bloch
-    matrix and weak beams perturbatively (:func:`bethe_wavefunction`); beams in neither list get 0.
+    matrix and weak beams perturbatively (:func:`bethe_wavefunction`); ``folded`` beams enter B_eff like the weak
+    ones but get no amplitude; beams in none of the lists (and folded beams) get 0.
 
     Args:
         u_ext: potential table [Å⁻²].  hkl: (n_b, 3) frame beam list.  mask: (n_b,) bool.
         coupling: (n_b, n_b) int index of g − h into ``u_ext`` (the frame's table; its last entry is U = 0).
         strong, strong_mask: (n_s,) indices into the frame list (strong[0] = 0, the direct beam) and mask.
         weak, weak_mask: (n_w,) indices and mask (one sample of :class:`BetheBeams`).
+        folded, folded_mask: (n_f,) indices and mask of further weak beams folded in without amplitude, or None.
         rotation: crystal → lab (3, 3).  thickness: (n_t,) [Å].  reciprocal: (3, 3) [Å⁻¹].
 
     Returns:
@@ -277,14 +307,18 @@ def bethe_intensities(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, couplin
     """
     n_unique = u_ext.shape[-1] - 1
     hkl, mask, coupling = jnp.asarray(hkl), jnp.asarray(mask), jnp.asarray(coupling)
+    n_amplitude = weak.shape[0]
+    if folded is not None:
+        weak = jnp.concatenate([weak, folded])
+        weak_mask = jnp.concatenate([weak_mask, folded_mask])
     ms = mask[strong] & strong_mask
     mw = mask[weak] & weak_mask
     c_ss = jnp.where(ms[:, None] & ms[None, :], coupling[strong[:, None], strong[None, :]], n_unique)
     c_sw = jnp.where(ms[:, None] & mw[None, :], coupling[strong[:, None], weak[None, :]], n_unique)
     c_ws = jnp.where(mw[:, None] & ms[None, :], coupling[weak[:, None], strong[None, :]], n_unique)
     psi_s, psi_w = bethe_wavefunction(u_ext, hkl[strong], ms, hkl[weak], mw, c_ss, c_sw, c_ws, rotation, thickness,
-                                      reciprocal, settings, bethe, normal)
+                                      reciprocal, settings, bethe, normal, n_amplitude)
     i_s = jnp.real(psi_s * jnp.conj(psi_s))
     i_w = jnp.real(psi_w * jnp.conj(psi_w))
     out = jnp.zeros((thickness.shape[0], hkl.shape[0]), i_s.dtype)
-    return out.at[:, strong].add(i_s).at[:, weak].add(i_w)
+    return out.at[:, strong].add(i_s).at[:, weak[:n_amplitude]].add(i_w)
