@@ -102,7 +102,7 @@ def best_of(fns, repeats):
     return {k: min(v) for k, v in times.items()}
 
 
-def run_case(name, spec, frames, samples, bethe, repeats):
+def run_case(name, spec, frames, samples, bethes, repeats):
     load0 = os.getloadavg()
     crystal, atoms = load_structure(SHARED / spec["structure"])
     with warnings.catch_warnings():
@@ -116,75 +116,80 @@ def run_case(name, spec, frames, samples, bethe, repeats):
     bloch = BlochSettings(exp.energy_kev)
     t = jnp.full((exp.n_frames,), spec["thickness"])
     obs = objective.prepare_observations(exp.i_obs, exp.sigma, exp.refl_mask)
-
     u0 = potential_table(atoms, crystal, exp.beams, bloch)
     observed = np.zeros(np.shape(exp.beams.mask), bool)
     for i in range(exp.n_frames):
         observed[i, np.asarray(exp.refl_beam[i])[np.asarray(exp.refl_mask[i])]] = True
-    t0 = time.perf_counter()
-    sets = select_bethe_beams(u0, exp.beams.hkl, exp.beams.mask, exp.beams.coupling, np.asarray(frame_orientations(exp)),
-                              np.asarray(crystal.reciprocal), observed, bloch.k, bethe, exp.sample_beams,
-                              exp.sample_beam_mask)
-    t_select = time.perf_counter() - t0
-
-    def full_model(frac, u_star, t):
-        return integrated_intensities(AtomParams(frac, u_star, atoms.occupancy), crystal, exp, t[:, None], bloch)
-
-    def reduced_model(frac, u_star, t):
-        u = potential_table(AtomParams(frac, u_star, atoms.occupancy), crystal, exp.beams, bloch)
-        return bethe_integrated(u, crystal, exp, sets, t, bloch, bethe)
-
     args = (atoms.frac, atoms.u_star, t)
-    out = {"case": name, "frames": [int(f) for f in np.asarray(data.frame_id)], "samples": samples,
-           "thickness_A": spec["thickness"], "g_max": exp_settings.g_max, "sg_max": exp_settings.sg_max,
-           "n_refl": int(np.asarray(exp.refl_mask).sum()),
-           "beams_full": {"padded": exp.matrix_size, "mean": float(np.asarray(exp.sample_beam_mask).sum(-1).mean())},
-           "beams_strong": {"padded": int(sets.strong.shape[-1]), "mean": float(sets.strong_mask.sum(-1).mean())},
-           "beams_weak": {"padded": int(sets.weak.shape[-1]), "mean": float(sets.weak_mask.sum(-1).mean())},
-           "beams_folded": {"padded": int(sets.folded.shape[-1]), "mean": float(sets.folded_mask.sum(-1).mean())},
-           "select_s": t_select}
-    results = {}
-    for label, model in (("full", full_model), ("reduced", reduced_model)):
-        fwd = jax.jit(model)
-        vg = jax.jit(jax.value_and_grad(lambda *a, m=model: objective.loss(m(*a), obs), argnums=(0, 1, 2)))
-        results[label] = dict(fwd=fwd, vg=vg, i=np.asarray(fwd(*args)), grad=vg(*args)[1])
-    # the Bloch part alone: the same loss from a fixed potential table, differentiated w.r.t. the table and t (the
-    # structure factors and their gradient are shared by both paths and do not depend on the beam split)
-    table_models = {"full": lambda u, t: intensities_from_table(u, crystal, exp, t[:, None], bloch),
-                    "reduced": lambda u, t: bethe_integrated(u, crystal, exp, sets, t, bloch, bethe)}
-    for label, model in table_models.items():
-        results[label]["vg_table"] = jax.jit(jax.value_and_grad(lambda u, t, m=model: objective.loss(m(u, t), obs),
-                                                                argnums=(0, 1)))
-    fns = {k: (lambda r=r: r["vg"](*args)) for k, r in results.items()}
-    fns.update({k + "_table": (lambda r=r: r["vg_table"](u0, t)) for k, r in results.items()})
-    times = best_of(fns, repeats)
-    i_f, i_r = results["full"]["i"], results["reduced"]["i"]
     mask = np.asarray(exp.refl_mask)
-    i_max = np.where(mask, i_f, 0).max(axis=1)
-    rel = (np.where(mask, np.abs(i_r - i_f), 0).max(axis=1) / i_max)
-    r_obs = {k: 100 * float(objective.r_obs(objective._scaled(jnp.asarray(v["i"]), obs, "paper"), obs))
-             for k, v in results.items()}
-    flat = {k: np.concatenate([np.ravel(np.asarray(g)) for g in v["grad"]]) for k, v in results.items()}
-    # each parameter block normalised by the full gradient's block norm, so no block dominates the cosine by units
-    blocks = [np.asarray(g) for g in results["full"]["grad"]]
-    scale = np.concatenate([np.full(b.size, 1.0 / max(np.linalg.norm(b), 1e-300)) for b in blocks])
-    gf, gr = flat["full"] * scale, flat["reduced"] * scale
-    out.update({
-        "max_dI_rel_worst_frame": float(rel.max()), "max_dI_rel_per_frame": [float(x) for x in rel],
-        "R_obs_full": r_obs["full"], "R_obs_reduced": r_obs["reduced"],
-        "dR_obs_points": abs(r_obs["full"] - r_obs["reduced"]),
-        "grad_cosine": float(gf @ gr / (np.linalg.norm(gf) * np.linalg.norm(gr))),
-        "grad_cosine_raw": float(flat["full"] @ flat["reduced"]
-                                 / (np.linalg.norm(flat["full"]) * np.linalg.norm(flat["reduced"]))),
-        "ms_per_frame_full": 1e3 * times["full"] / exp.n_frames,
-        "ms_per_frame_reduced": 1e3 * times["reduced"] / exp.n_frames,
-        "speedup": times["full"] / times["reduced"],
-        "ms_per_frame_bloch_full": 1e3 * times["full_table"] / exp.n_frames,
-        "ms_per_frame_bloch_reduced": 1e3 * times["reduced_table"] / exp.n_frames,
-        "speedup_bloch": times["full_table"] / times["reduced_table"],
-        "loadavg_before": list(load0), "loadavg_after": list(os.getloadavg())})
-    print(json.dumps(out), flush=True)
-    return out
+
+    def evaluate(model, table_model):
+        fwd = jax.jit(model)
+        vg = jax.jit(jax.value_and_grad(lambda *a: objective.loss(model(*a), obs), argnums=(0, 1, 2)))
+        # the Bloch part alone: the same loss from a fixed potential table, differentiated w.r.t. the table and t
+        # (the structure factors and their gradient are shared by both paths and do not depend on the beam split)
+        vg_table = jax.jit(jax.value_and_grad(lambda u, t: objective.loss(table_model(u, t), obs), argnums=(0, 1)))
+        i = np.asarray(fwd(*args))
+        return dict(i=i, grad=[np.asarray(g) for g in vg(*args)[1]], fns={"all": lambda: vg(*args),
+                                                                       "bloch": lambda: vg_table(u0, t)},
+                    r_obs=100 * float(objective.r_obs(objective._scaled(jnp.asarray(i), obs, "paper"), obs)))
+
+    def atoms_of(frac, u_star):
+        return AtomParams(frac, u_star, atoms.occupancy)
+
+    full = evaluate(lambda f, u, t: integrated_intensities(atoms_of(f, u), crystal, exp, t[:, None], bloch),
+                    lambda u, t: intensities_from_table(u, crystal, exp, t[:, None], bloch))
+    i_max = np.where(mask, full["i"], 0).max(axis=1)
+    rows = []
+    for bethe in bethes:
+        t0 = time.perf_counter()
+        sets = select_bethe_beams(u0, exp.beams.hkl, exp.beams.mask, exp.beams.coupling,
+                                  np.asarray(frame_orientations(exp)), np.asarray(crystal.reciprocal), observed,
+                                  bloch.k, bethe, exp.sample_beams, exp.sample_beam_mask)
+        t_select = time.perf_counter() - t0
+
+        def reduced_model(f, u, t, sets=sets, bethe=bethe):
+            table = potential_table(atoms_of(f, u), crystal, exp.beams, bloch)
+            return bethe_integrated(table, crystal, exp, sets, t, bloch, bethe)
+
+        red = evaluate(reduced_model, lambda u, t, sets=sets, bethe=bethe: bethe_integrated(u, crystal, exp, sets, t,
+                                                                                            bloch, bethe))
+        fns = {f"{p}_{k}": f for p, r in (("full", full), ("reduced", red)) for k, f in r["fns"].items()}
+        times = best_of(fns, repeats)
+        rel = np.where(mask, np.abs(red["i"] - full["i"]), 0).max(axis=1) / i_max
+        cos = lambda a, b: float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))  # noqa: E731
+        flat_f = np.concatenate([g.ravel() for g in full["grad"]])
+        flat_r = np.concatenate([g.ravel() for g in red["grad"]])
+        # each parameter block normalised by the full gradient's block norm, so no block dominates by its units
+        scale = np.concatenate([np.full(g.size, 1.0 / max(np.linalg.norm(g), 1e-300)) for g in full["grad"]])
+        out = {"case": name, "bethe": dataclasses.asdict(bethe),
+               "frames": [int(f) for f in np.asarray(data.frame_id)], "samples": samples,
+               "thickness_A": spec["thickness"], "g_max": exp_settings.g_max, "sg_max": exp_settings.sg_max,
+               "n_refl": int(mask.sum()),
+               "beams_full": {"padded": exp.matrix_size,
+                              "mean": float(np.asarray(exp.sample_beam_mask).sum(-1).mean())},
+               "beams_strong": {"padded": int(sets.strong.shape[-1]), "mean": float(sets.strong_mask.sum(-1).mean())},
+               "beams_weak": {"padded": int(sets.weak.shape[-1]), "mean": float(sets.weak_mask.sum(-1).mean())},
+               "beams_folded": {"padded": int(sets.folded.shape[-1]),
+                                "mean": float(sets.folded_mask.sum(-1).mean())},
+               "select_s": t_select,
+               "max_dI_rel_worst_frame": float(rel.max()), "max_dI_rel_per_frame": [float(x) for x in rel],
+               "R_obs_full": full["r_obs"], "R_obs_reduced": red["r_obs"],
+               "dR_obs_points": abs(full["r_obs"] - red["r_obs"]),
+               "grad_cosine": cos(flat_f * scale, flat_r * scale), "grad_cosine_raw": cos(flat_f, flat_r),
+               "grad_cosine_blocks": {k: cos(a.ravel(), b.ravel()) if np.linalg.norm(a) > 0 else None
+                                      for k, a, b in zip(("positions", "adps", "thickness"), full["grad"],
+                                                         red["grad"])},
+               "ms_per_frame_full": 1e3 * times["full_all"] / exp.n_frames,
+               "ms_per_frame_reduced": 1e3 * times["reduced_all"] / exp.n_frames,
+               "speedup": times["full_all"] / times["reduced_all"],
+               "ms_per_frame_bloch_full": 1e3 * times["full_bloch"] / exp.n_frames,
+               "ms_per_frame_bloch_reduced": 1e3 * times["reduced_bloch"] / exp.n_frames,
+               "speedup_bloch": times["full_bloch"] / times["reduced_bloch"],
+               "loadavg_before": list(load0), "loadavg_after": list(os.getloadavg())}
+        print(json.dumps(out), flush=True)
+        rows.append(out)
+    return rows
 
 
 def main(argv=None):
@@ -193,44 +198,49 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--strength", type=float, default=BetheSettings.strength)
+    ap.add_argument("--strength", type=float, nargs="+", default=[BetheSettings.strength],
+                    help="one row per value (the full path is evaluated once per case)")
     ap.add_argument("--sg-strong", type=float, default=BetheSettings.sg_strong)
     ap.add_argument("--observed-sg", type=float, default=BetheSettings.observed_sg)
+    ap.add_argument("--weak-amplitudes", default=BetheSettings.weak_amplitudes, choices=("exact", "series"))
     ap.add_argument("--max-strong", type=int, default=BetheSettings.max_strong)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "bench_large"))
     args = ap.parse_args(argv)
-    bethe = BetheSettings(strength=args.strength, sg_strong=args.sg_strong, observed_sg=args.observed_sg,
-                          max_strong=args.max_strong)
+    bethes = [BetheSettings(strength=x, sg_strong=args.sg_strong, observed_sg=args.observed_sg,
+                            max_strong=args.max_strong, weak_amplitudes=args.weak_amplitudes)
+              for x in args.strength]
     command = "python experiments/bench_large.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rows = []
     t0 = time.perf_counter()
     with blas_threads(1):
         for name in args.cases:
-            rows.append(run_case(name, CASES[name], args.frames, args.samples, bethe, args.repeats))
+            rows += run_case(name, CASES[name], args.frames, args.samples, bethes, args.repeats)
     wall = time.perf_counter() - t0
-    record = {"command": command, "bethe": dataclasses.asdict(bethe), "jax": jax.__version__,
+    record = {"command": command, "jax": jax.__version__,
               "cpu_count": os.cpu_count(), "wall_s": wall, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "cases": rows}
     Path(args.out + ".json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["# Large cells: strong beams + Bethe potentials vs the full per-sample matrix (experiments/bench_large.py)",
              "", f"`{command}` — {record['date']}, {os.cpu_count()} CPU cores shared with other jobs, 1 BLAS thread, "
-             f"jax {jax.__version__}, float64, wall {wall:.0f} s. BetheSettings: strength {bethe.strength}, "
-             f"sg_strong {bethe.sg_strong} Å⁻¹, observed_sg {bethe.observed_sg} Å⁻¹, max_strong {bethe.max_strong}. Times: jitted wR_all value + "
+             f"jax {jax.__version__}, float64, wall {wall:.0f} s. BetheSettings: strength per row, "
+             f"sg_strong {args.sg_strong} Å⁻¹, observed_sg {args.observed_sg} Å⁻¹, max_strong {args.max_strong}, weak amplitudes "
+             f"{args.weak_amplitudes}. Times: jitted wR_all value + "
              "gradient (positions, ADPs, thickness), minimum of interleaved repeats, per frame with all its samples; "
              "the ratio is within one process (robust to load), the absolute times are not.", "",
              "| case | frames × samples | beams/sample full N (mean) | strong N (mean) | weak observed / folded N (mean) "
-             "| max \\|ΔI\\|/I_max (worst frame) | R_obs full → reduced (\\|Δ\\| points) | grad cosine "
+             "| max \\|ΔI\\|/I_max (worst frame) | R_obs full → reduced (\\|Δ\\| points) | grad cosine (blocks / raw) "
              "| ms/frame full | ms/frame reduced | speed-up | Bloch part: ms/frame full → reduced (speed-up) "
              "| load avg |", "|" + "---|" * 13]
     for r in rows:
         lines.append(
-            f"| {r['case']} (g_max {r['g_max']}, t {r['thickness_A']:.0f} Å) | {len(r['frames'])} × {r['samples']} "
+            f"| {r['case']} (g_max {r['g_max']}, t {r['thickness_A']:.0f} Å), strength {r['bethe']['strength']} "
+            f"| {len(r['frames'])} × {r['samples']} "
             f"| {r['beams_full']['padded']} ({r['beams_full']['mean']:.0f}) "
             f"| {r['beams_strong']['padded']} ({r['beams_strong']['mean']:.0f}) "
             f"| {r['beams_weak']['padded']} ({r['beams_weak']['mean']:.0f}) / {r['beams_folded']['padded']} "
             f"({r['beams_folded']['mean']:.0f}) | {r['max_dI_rel_worst_frame']:.1e} "
             f"| {r['R_obs_full']:.2f} → {r['R_obs_reduced']:.2f} ({r['dR_obs_points']:.3f}) "
-            f"| {r['grad_cosine']:.5f} | {r['ms_per_frame_full']:.0f} | {r['ms_per_frame_reduced']:.0f} "
+            f"| {r['grad_cosine']:.5f} / {r['grad_cosine_raw']:.6f} | {r['ms_per_frame_full']:.0f} | {r['ms_per_frame_reduced']:.0f} "
             f"| {r['speedup']:.1f}× | {r['ms_per_frame_bloch_full']:.0f} → {r['ms_per_frame_bloch_reduced']:.0f} "
             f"({r['speedup_bloch']:.1f}×) | {r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f} |")
     lines += ["", "Targets (issue 31): max |ΔI|/I_max ≤ 1e-2, |ΔR_obs| ≤ 0.2 points, gradient cosine ≥ 0.999. The "

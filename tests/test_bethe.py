@@ -111,6 +111,17 @@ def test_weak_beam_intensities_by_perturbation():
     assert np.abs(red - full)[0, wk].sum() <= 0.05 * full[0, wk].sum()
 
 
+def test_absorbing_path_reduces_too():
+    # Proportional absorption κ = 0.1 (perturbative path): B_eff and B_a,eff from the complex second-order
+    # potentials, weak amplitudes by the series about λ̄ (weak_order 0). Threshold 0.01, t = 100–1000 Å: max |ΔI|
+    # over the strong beams ≤ 0.03 of the strongest beam and over the weak beams ≤ 0.01 (measured ABS_S / ABS_W),
+    # close to the elastic errors; absorption is on (the total intensity drops below 0.9 at 1000 Å).
+    full, red, st, wk, _ = full_and_reduced(0.01, absorption=0.1)
+    d = np.abs(red - full)
+    assert d[:, st].max() <= 0.03 * full[:, 1:].max() and d[:, wk].max() <= 0.01 * full[:, 1:].max()
+    assert full[-1].sum() < 0.9
+
+
 def test_observed_reflections_are_strong_near_bragg():
     # partition_beams: the direct beam and every beam with |s_g| ≤ sg_strong are strong; an observed reflection with
     # |s_g| ≤ observed_sg is strong however weak its coupling; the rest is split by the strength.

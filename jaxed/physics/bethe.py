@@ -15,15 +15,17 @@ exactly like a full matrix (jaxed.physics.bloch.propagate: ``eigh`` with the Dal
 absorbing paths), so gradients stay exact and finite at degenerate eigenvalues.
 
 **Weak amplitudes.** With φ_S(τ) = exp(iτB_eff) e₀ known, each weak row is first order in its coupling:
-dφ_w/dτ = i b_w φ_w + i B_wS φ_S, φ_w(0) = 0 (b_w = B_ww). In the eigenbasis of B_eff this integrates to
-φ_w = Σ_j (B_wS c_j) α_j (e^{iτλ_j} − e^{iτb_w})/(λ_j − b_w); expanding 1/(λ_j − b_w) about λ̄,
+dφ_w/dτ = i b_w φ_w + i B_wS φ_S, φ_w(0) = 0 (b_w = B_ww). In the eigenbasis B_eff = C diag(λ) Cᴴ, α = Cᴴ e₀,
 
-    φ_w(τ) = −Σ_{n=0}^{N} δ_w^{−(n+1)} B_wS (B_eff − λ̄)^n [φ_S(τ) − e^{iτ b_w} e₀],    ψ_w = M_w φ_w,
+    φ_w(τ) = Σ_j (B_wS c_j) α_j (e^{iτλ_j} − e^{iτb_w})/(λ_j − b_w),    ψ_w = M_w φ_w,
 
-N = ``weak_order``. The n = 0 term is the textbook Bethe amplitude ψ_w ≈ −Σ_h U_{w−h} ψ_h/(2K s_w) with the
-boundary term that makes ψ_w(0) = 0; n = 1 corrects for the spread of the Bloch-wave eigenvalues about λ̄. Every
-term is a product with φ_S, so the derivative is the one of ``propagate`` plus matrix products (no eigenvector
-derivative). With absorption the weak beam's own wave is damped by its diagonal absorptive term, b_w → b_w + iB'_ww.
+computed from the same ``eigh`` as φ_S (jaxed.physics.bloch.propagate_eigh_weak: the Daleckii–Krein derivative of
+φ_S unchanged, φ_w differentiated through the eigenvectors with a broadened inverse gap, exact at degeneracies since
+φ_w is a matrix function of B_eff). Far from resonance it is the textbook Bethe amplitude ψ_w ≈ −Σ_h U_{w−h}
+ψ_h/(2K s_w) plus the boundary term that makes ψ_w(0) = 0. The absorbing and 'expm' paths expand 1/(λ_j − b_w)
+about λ̄ instead, φ_w = −Σ_{n≤N} δ_w^{−(n+1)} B_wS (B_eff − λ̄)^n [φ_S(τ) − e^{iτ b_w} e₀] (N = ``weak_order``),
+with the weak beam's own wave damped by its diagonal absorptive term, b_w → b_w + iB'_ww. Amplitudes are computed
+only for the weak beams that are observed reflections; the other weak beams are only folded into B_eff.
 
 Shapes are host decisions: :func:`select_bethe_beams` returns per-sample index lists into a frame's beam list,
 padded with masks (:class:`BetheBeams`); :func:`bethe_intensities` is the traced one-orientation kernel.
@@ -58,14 +60,18 @@ class BetheSettings:
         max_strong: cap on the strong beams of one orientation (None: no cap); beyond it the beams of lowest
             strength are folded in as weak (forced beams are kept first, then by decreasing strength). The padded
             matrix size is the largest strong set over all samples, so the cap bounds the cost.
-        weak_order: absorbing and 'expm' paths only: N of the weak amplitudes' expansion about λ̄ (module
-            docstring); 0 = the textbook Bethe amplitude. The elastic 'eigh' path is exact to first order.
+        weak_amplitudes: 'exact' (default): the elastic 'eigh' path computes the first-order weak amplitudes
+            exactly from the strong-beam eigendecomposition (eigenvector derivative in the backward pass);
+            'series': the expansion about λ̄ (cheaper backward: products with φ_S only), which the absorbing and
+            'expm' paths always use.
+        weak_order: N of the series expansion about λ̄ (module docstring); 0 = the textbook Bethe amplitude.
     """
 
-    strength: float = 0.05
+    strength: float = 0.01
     sg_strong: float = 1.0e-3
     observed_sg: float = 2.0e-3
     max_strong: int | None = None
+    weak_amplitudes: str = "exact"
     weak_order: int = 0
 
     def __post_init__(self):
@@ -75,6 +81,8 @@ class BetheSettings:
             raise ValueError(f"sg_strong {self.sg_strong}, observed_sg {self.observed_sg}: expected ≥ 0 [Å⁻¹]")
         if self.max_strong is not None and not (isinstance(self.max_strong, int) and self.max_strong >= 1):
             raise ValueError(f"max_strong {self.max_strong!r}: expected None or an integer ≥ 1")
+        if self.weak_amplitudes not in ("exact", "series"):
+            raise ValueError(f"weak_amplitudes {self.weak_amplitudes!r}: expected 'exact' or 'series'")
         if not (isinstance(self.weak_order, int) and self.weak_order >= 0):
             raise ValueError(f"weak_order {self.weak_order!r}: expected an integer ≥ 0")
 
@@ -252,7 +260,7 @@ def bethe_wavefunction(u_ext: jax.Array, hkl_s: jax.Array, mask_s: jax.Array, hk
         b_eff, b_a_eff = b - (r_sw * inv) @ r_ws, b_a
     tau = jnp.pi * thickness / kn
     na = hkl_w.shape[0] if n_amplitude is None else n_amplitude
-    if not settings.absorbing and settings.propagator == "eigh":  # exact first order, one eigh
+    if not settings.absorbing and settings.propagator == "eigh" and bethe.weak_amplitudes == "exact":  # one eigh
         phi_s, phi_w = propagate_eigh_weak(b_eff, r_ws[:na], b_w[:na], tau)
     else:
         phi_s = propagate(b_eff, b_a_eff, tau, settings)  # (n_t, n_s)
