@@ -11,13 +11,13 @@ import pytest
 
 from conftest import ROOT, directional_fd
 from jaxed.physics.bethe import BetheSettings, bethe_intensities, partition_beams, select_bethe_beams
-from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_table
+from jaxed.physics.bloch import BlochSettings, beam_geometry, frame_wavefunction, potential_table, structure_matrix
 from jaxed.physics.crystal import AtomParams, load_structure
 from jaxed.physics.geometry import excitation_errors, make_beam_set, rotation_x, select_beams, zone_axis_rotation
 
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
 GENERAL_AXIS = [1.0, 0.13, 2.4]
-T = jnp.array([100.0, 400.0, 1000.0])
+T = jnp.array([5.0, 100.0, 400.0, 1000.0])  # one compiled problem serves every test below
 
 
 def setup(uvw=GENERAL_AXIS, g_max=1.5, sg_max=0.05, **kw):
@@ -86,13 +86,13 @@ def test_error_falls_with_the_threshold_and_beats_truncation():
     errors = []
     for strength in (0.1, 0.03, 0.01):
         full, red, st, wk, (crystal, atoms, settings, rot, beams) = full_and_reduced(strength)
-        errors.append(np.abs(red - full)[:, st].max() / full[:, 1:].max())
+        errors.append(np.abs(red - full)[1:, st].max() / full[1:, 1:].max())
     assert errors[0] > errors[1] > errors[2] and errors[2] <= 0.03, errors
     sub = make_beam_set([np.asarray(beams.hkl[0])[st]])
     psi = frame_wavefunction(potential_table(atoms, crystal, sub, settings), sub.hkl[0], sub.mask[0], sub.coupling[0],
                              jnp.asarray(rot), T, jnp.asarray(crystal.reciprocal), settings)
-    truncated = np.abs(np.asarray(psi)[:, : len(st)] - 0) ** 2
-    err_trunc = np.abs(truncated - full[:, st]).max() / full[:, 1:].max()
+    truncated = np.abs(np.asarray(psi)[1:, : len(st)]) ** 2
+    err_trunc = np.abs(truncated - full[1:, st]).max() / full[1:, 1:].max()
     assert errors[2] <= 0.7 * err_trunc, (errors[2], err_trunc)
 
 
@@ -102,23 +102,22 @@ def test_weak_beam_intensities_by_perturbation():
     # 1 would be no better than I_w = 0). In the thin-crystal limit (t = 5 Å) first order is nearly exact: Σ|ΔI_w| ≤
     # 0.05 Σ I_w (0.017, the rest are weak–weak paths, second order), so the amplitude, its metric and its boundary
     # term ψ_w(0) = 0 are right.
-    full, red, st, wk, _ = full_and_reduced(0.01, t=jnp.array([100.0]))
+    full, red, st, wk, _ = full_and_reduced(0.01)
     assert len(wk) > 60
-    d = np.abs(red - full)[0, wk]
-    assert d.max() <= 1e-2 * full[0, 1:].max()
-    assert d.sum() <= 0.15 * full[0, wk].sum()
-    full, red, st, wk, _ = full_and_reduced(0.01, t=jnp.array([5.0]))
-    assert np.abs(red - full)[0, wk].sum() <= 0.05 * full[0, wk].sum()
+    d = np.abs(red - full)[1, wk]  # t = 100 Å
+    assert d.max() <= 1e-2 * full[1, 1:].max()
+    assert d.sum() <= 0.15 * full[1, wk].sum()
+    assert np.abs(red - full)[0, wk].sum() <= 0.05 * full[0, wk].sum()  # t = 5 Å
 
 
 def test_absorbing_path_reduces_too():
     # Proportional absorption κ = 0.1 (perturbative path): B_eff and B_a,eff from the complex second-order
     # potentials, weak amplitudes by the series about λ̄ (weak_order 0). Threshold 0.01, t = 100–1000 Å: max |ΔI|
-    # over the strong beams ≤ 0.03 of the strongest beam and over the weak beams ≤ 0.01 (measured ABS_S / ABS_W),
-    # close to the elastic errors; absorption is on (the total intensity drops below 0.9 at 1000 Å).
+    # over the strong beams ≤ 0.04 of the strongest beam and over the weak beams ≤ 0.01 (measured 0.027 / 1.8e-3;
+    # elastic 0.017 / 1.6e-3); absorption is on (the total intensity at 1000 Å is 0.10, test: < 0.9).
     full, red, st, wk, _ = full_and_reduced(0.01, absorption=0.1)
-    d = np.abs(red - full)
-    assert d[:, st].max() <= 0.03 * full[:, 1:].max() and d[:, wk].max() <= 0.01 * full[:, 1:].max()
+    d = np.abs(red - full)[1:]
+    assert d[:, st].max() <= 0.04 * full[1:, 1:].max() and d[:, wk].max() <= 0.01 * full[1:, 1:].max()
     assert full[-1].sum() < 0.9
 
 
@@ -168,11 +167,18 @@ def test_gradients_by_finite_differences(uvw):
     # d/d(frac, U*, t, tilt) of a weighted intensity sum of the reduced model (strong and weak beams) along a random
     # direction vs central differences, tol 1e-6 relative; at the [001] zone axis the strong-beam matrix has exactly
     # degenerate eigenvalues (the Daleckii–Krein and broadened rules keep the derivative finite and exact).
-    crystal, atoms, settings, rot, beams = setup(uvw=uvw, g_max=1.2, sg_max=0.04)
+    crystal, atoms, settings, rot, beams = setup(uvw=uvw, g_max=1.0, sg_max=0.04)
     u0 = potential_table(atoms, crystal, beams, settings)
-    bethe = BetheSettings(strength=0.02)
+    bethe = BetheSettings(strength=0.005)
     sets, st, wk = split(u0, crystal, beams, rot, settings, bethe)
     assert len(st) >= 8 and len(wk) >= 8
+    hkl_s, c = np.asarray(beams.hkl[0])[st], np.asarray(beams.coupling[0])[np.ix_(st, st)]
+    sg, gn, kn = beam_geometry(jnp.asarray(hkl_s), jnp.ones(len(st), bool), jnp.asarray(rot),
+                               jnp.asarray(crystal.reciprocal), settings.k, jnp.float64)
+    lam = np.linalg.eigvalsh(np.asarray(structure_matrix(u0, jnp.asarray(c), jnp.ones(len(st), bool), sg, gn,
+                                                         settings.k, kn, settings)[0]))
+    degenerate = np.diff(lam).min() < 1e-10 * np.abs(lam).max()  # exactly degenerate at the zone axis only
+    assert degenerate == (uvw == [0, 0, 1])
     weights = jnp.linspace(0.5, 2.0, beams.n_beams)
     recip = jnp.asarray(crystal.reciprocal)
 
@@ -183,7 +189,7 @@ def test_gradients_by_finite_differences(uvw):
         i = bethe_intensities(u, beams.hkl[0], beams.mask[0], beams.coupling[0], *sets, r, t, recip, settings, bethe)
         return jnp.sum(i * weights[None, :])
 
-    args = (atoms.frac, atoms.u_star, jnp.array([250.0, 700.0]), jnp.array([0.0]))
+    args = (atoms.frac, atoms.u_star, jnp.array([600.0]), jnp.array([0.0]))
     analytic, fd, grads = directional_fd(f, args, seed=5, h=1e-5, scales=(1e-3, 1e-4, 10.0, 1e-3))
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     assert analytic == pytest.approx(fd, rel=1e-6)
