@@ -47,9 +47,12 @@ __all__ = [
     "BlochSettings",
     "structure_matrix",
     "propagate_eigh",
+    "propagate_eigh_weak",
     "propagate_expm",
     "propagate_absorbing",
     "frame_wavefunction",
+    "beam_geometry",
+    "propagate",
     "simulate",
     "potential_table",
     "centric_at_origin",
@@ -180,6 +183,68 @@ def _propagate_eigh_jvp(primals, tangents):
     dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)  # Daleckii–Krein (PHYSICS.md §4.7)
     dpsi = dpsi + 1j * dtau[:, None] * ((phase * (lam * alpha)[None, :]) @ c.T)
     return psi, dpsi
+
+
+def _pair_divided_exp(x: jax.Array, y: jax.Array, tau: jax.Array) -> jax.Array:
+    """(e^{iτx} − e^{iτy})/(x − y) = iτ e^{iτ(x+y)/2} sinc(τ(x−y)/2), stable at x = y (jnp.sinc is regular at 0);
+    x, y broadcast against each other, τ (n_t,) leads: (n_t, *shape)."""
+    x, y = jnp.broadcast_arrays(x, y)
+    t = tau.reshape((-1,) + (1,) * x.ndim)
+    return 1j * t * jnp.exp(0.5j * t * (x + y)[None]) * jnp.sinc(0.5 * t * (x - y)[None] / jnp.pi)
+
+
+@jax.custom_jvp
+def propagate_eigh_weak(b: jax.Array, b_ws: jax.Array, b_w: jax.Array, tau: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """ψ_S = exp(iτB) e₀ (as :func:`propagate_eigh`) and, from the same ``eigh``, the amplitudes of weak beams coupled
+    to first order (jaxed.physics.bethe): φ_w solves dφ_w/dτ = i b_w φ_w + i (B_WS ψ_S)_w with φ_w(0) = 0, i.e.
+
+        φ_w(τ) = Σ_j (B_WS c_j)_w α_j (e^{iτλ_j} − e^{iτb_w})/(λ_j − b_w),   B = C diag(λ) Cᴴ, α = Cᴴ e₀.
+
+    Args:
+        b: Hermitian strong-beam matrix (n_s, n_s) [Å⁻²].  b_ws: weak–strong couplings (n_w, n_s) [Å⁻²].
+        b_w: weak diagonal (n_w,) real [Å⁻²].  tau: (n_t,) [Å²].
+
+    Returns:
+        (ψ_S (n_t, n_s), φ_W (n_t, n_w)) complex.
+
+    Derivative: ψ_S by the Daleckii–Krein rule of :func:`propagate_eigh` (unchanged); φ_W through the eigenvectors
+    with the broadened 1/(λ_j − λ_k) of the perturbative absorption path (φ_W = B_WS F(B) e₀ is a matrix function of
+    B, so rotations inside an exactly degenerate eigenspace do not change it and the broadened rule is exact there).
+    """
+    lam, c = jnp.linalg.eigh(b)
+    alpha = jnp.conj(c[0, :])
+    psi = (jnp.exp(1j * tau[:, None] * lam[None, :]) * alpha[None, :]) @ c.T
+    g = _pair_divided_exp(lam[None, :], b_w[:, None], tau)  # (n_t, n_w, n_s)
+    phi_w = jnp.einsum("wj,twj,j->tw", b_ws @ c, g, alpha)
+    return psi, phi_w
+
+
+@propagate_eigh_weak.defjvp
+def _propagate_eigh_weak_jvp(primals, tangents):
+    b, b_ws, b_w, tau = primals
+    db, db_ws, db_w, dtau = tangents
+    lam, c = jnp.linalg.eigh(b)
+    alpha = jnp.conj(c[0, :])
+    phase = jnp.exp(1j * tau[:, None] * lam[None, :])
+    psi = (phase * alpha[None, :]) @ c.T
+    db = 0.5 * (db + jnp.conj(db.T))
+    w = jnp.conj(c.T) @ db @ c  # Cᴴ dB C
+    dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)  # Daleckii–Krein
+    dpsi = dpsi + 1j * dtau[:, None] * ((phase * (lam * alpha)[None, :]) @ c.T)
+    # weak beams: eigenvector derivative with a broadened inverse gap (as _eigh_broadened)
+    gap = lam[None, :] - lam[:, None]  # λ_k − λ_j
+    eps = 1e-8 * (1.0 + jnp.max(jnp.abs(lam)))
+    dc = c @ (w * (gap / (gap * gap + eps * eps)))
+    dlam = jnp.real(jnp.diagonal(w))
+    dalpha = jnp.conj(dc[0, :])
+    y = b_ws @ c
+    dy = db_ws @ c + b_ws @ dc
+    pair = lambda lm, bw, t: _pair_divided_exp(lm[None, :], bw[:, None], t)  # noqa: E731
+    g, dg = jax.jvp(pair, (lam, b_w, tau), (dlam, db_w, dtau))
+    phi_w = jnp.einsum("wj,twj,j->tw", y, g, alpha)
+    dphi_w = (jnp.einsum("wj,twj,j->tw", dy, g, alpha) + jnp.einsum("wj,twj,j->tw", y, dg, alpha)
+              + jnp.einsum("wj,twj,j->tw", y, g, dalpha))
+    return (psi, phi_w), (dpsi, dphi_w)
 
 
 def propagate_expm(b: jax.Array, tau: jax.Array) -> jax.Array:
@@ -327,7 +392,26 @@ def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupli
         ψ, (n_t, n) complex; zero on padded beams.
     """
     k = settings.k
-    dtype = jnp.real(u_ext).dtype
+    sg, gn, kn = beam_geometry(hkl, mask, rotation, reciprocal, k, jnp.real(u_ext).dtype, normal)
+    b, b_a, m = structure_matrix(u_ext, coupling, mask, sg, gn, k, kn, settings)
+    tau = jnp.pi * thickness / kn
+    psi = propagate(b, b_a, tau, settings)
+    return jnp.where(mask[None, :], psi * m[None, :], 0.0)
+
+
+def beam_geometry(hkl: jax.Array, mask: jax.Array, rotation: jax.Array, reciprocal: jax.Array, k: float, dtype,
+                  normal: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Excitation errors and surface-normal components of the beams of one orientation.
+
+    Args:
+        hkl: (n, 3) int.  mask: (n,) bool.  rotation: crystal → lab, (3, 3).  reciprocal: (3, 3) [Å⁻¹].
+        k: K [Å⁻¹].  dtype: real dtype of the result.
+        normal: entrance-surface normal in crystal-Cartesian coordinates (3,) or None (along the beam); its sign
+            is chosen so that it points along the propagation direction (lab −z).
+
+    Returns:
+        (s_g (n,) [Å⁻¹], g_n = g·n (n,) [Å⁻¹], 0 on padding; K_n = k₀·n, scalar [Å⁻¹]).
+    """
     g_lab = hkl.astype(dtype) @ (rotation @ reciprocal).T
     sg = excitation_errors(g_lab, k)
     if normal is None:
@@ -337,15 +421,17 @@ def frame_wavefunction(u_ext: jax.Array, hkl: jax.Array, mask: jax.Array, coupli
         n_lab = n_lab * jnp.where(n_lab[2] > 0, -1.0, 1.0)  # along the propagation direction (−z)
     kn = -k * n_lab[2]
     gn = jnp.where(mask, g_lab @ n_lab, 0.0)
-    b, b_a, m = structure_matrix(u_ext, coupling, mask, sg, gn, k, kn, settings)
-    tau = jnp.pi * thickness / kn
+    return sg, gn, kn
+
+
+def propagate(b: jax.Array, b_a: jax.Array, tau: jax.Array, settings: BlochSettings) -> jax.Array:
+    """exp(iτ(B + iB_a)) e₀ by the method ``settings`` choose (eigh, expm, perturbative or exact absorption),
+    (n_t, n) complex; B, B_a (n, n) Hermitian [Å⁻²] (:func:`structure_matrix`), τ (n_t,) [Å²]."""
     if not settings.absorbing:
-        psi = propagate_eigh(b, tau) if settings.propagator == "eigh" else propagate_expm(b, tau)
-    elif settings.absorption_method == "exact" or settings.propagator == "expm":
-        psi = propagate_expm(b + 1j * b_a, tau)
-    else:
-        psi = propagate_absorbing(b, b_a, tau, settings.absorption_slices)
-    return jnp.where(mask[None, :], psi * m[None, :], 0.0)
+        return propagate_eigh(b, tau) if settings.propagator == "eigh" else propagate_expm(b, tau)
+    if settings.absorption_method == "exact" or settings.propagator == "expm":
+        return propagate_expm(b + 1j * b_a, tau)
+    return propagate_absorbing(b, b_a, tau, settings.absorption_slices)
 
 
 def centric_at_origin(crystal: Crystal) -> bool:
