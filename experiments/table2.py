@@ -225,7 +225,7 @@ def folded_report(problem: Refinement, params: dict, folded: Refinement, q: dict
     change = w["wR_all"] - v["wR_all"]
     rows = {}
     for name, pr, i in (("as refined", problem, i_calc[0]), ("folded", folded, i_calc[1])):
-        r = pr.summarize(i)
+        r = objective.summary(i, pr.obs, kind=pr.config.residual, free=pr.obs_free)
         rows[name] = {k: float(r[k]) for k in ("R_obs_frame_mean", "wR_all_frame_mean", "R_obs", "wR_all")}
         log(f"{name}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
             f"{r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}")

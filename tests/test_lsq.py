@@ -38,10 +38,10 @@ def quartz():
     return crystal, atoms, prepare_experiment(synthetic, crystal, SMALL), bloch
 
 
-def _problem(quartz, delta, seed=1, **config):
+def _problem(quartz, delta, seed=1, thickness=None, **config):
     crystal, atoms, exp, bloch = quartz
     config = RefineConfig(**{"thickness_model": "single", "checkpoint_every": 0, **config})
-    problem = Refinement(crystal, atoms, exp, bloch, config)
+    problem = Refinement(crystal, atoms, exp, bloch, config, thickness=thickness)
     if delta:
         problem.params0["structure"] = random_start(problem.structure, problem.params0["structure"], delta, seed=seed)
     return problem
@@ -168,9 +168,8 @@ def test_hybrid_adam_thickness_network_and_lm_structure(quartz):
     # the structure, × 5 cycles, from a 0.05 Å start: wR_all falls by at least 5× and the ASU RMSD by at least 3×.
     crystal, atoms, _, _ = quartz
     problem = _problem(quartz, 0.05, thickness_model="nn", thickness_init=600.0, optimizer="hybrid", epochs=5,
-                       hybrid_adam_steps=5, lr=0.02)
-    problem.thickness = make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0, hidden=(8, 8))
-    problem.params0["thickness"] = problem.thickness.init(jax.random.PRNGKey(0))
+                       hybrid_adam_steps=5, lr=0.02,
+                       thickness=make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0, hidden=(8, 8)))
     start_loss = float(problem.loss(problem.params0))
     start = asu_rmsd(crystal, problem.atoms(problem.params0), atoms)
     params, history = run_refinement(problem, progress=False)

@@ -237,7 +237,7 @@ def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, 
     last = problem.config.epochs - 1
 
     def write(epoch, i_calc):
-        row = problem.summarize(i_calc, n_params)
+        row = objective.summary(i_calc, problem.obs, n_params, kind=problem.config.residual, free=problem.obs_free)
         entry = {"epoch": int(epoch), **{k: row[k] for k in ("wR_all", "R_obs", "GoF", "R_free", "wR_free")
                                           if k in row}}
         with open(path, "a") as fh:
@@ -355,7 +355,7 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
     refined = problem.atoms(params)
     thickness = np.asarray(problem.frame_thickness(params))
     i_calc = intensities(params)
-    summary = problem.summarize(i_calc, n_params)
+    summary = objective.summary(i_calc, problem.obs, n_params, kind=config.residual, free=problem.obs_free)
     uncertainties = None
     if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.refine.uncertainty)
         from jaxed.refine.uncertainty import standard_uncertainties

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +40,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
-
-if TYPE_CHECKING:
-    from jaxed.refine.optimize import Refinement
+from jaxed.refine.checkpoints import RefinementDiverged, load_checkpoint, save_checkpoint, strong as _strong
 
 __all__ = ["LSQSettings", "LeastSquares", "least_squares", "run_least_squares", "hybrid"]
 
@@ -429,8 +427,6 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
     entries: {epoch, loss (wR_all of the work set after the step), seconds, damping} and, with an R_free set,
     R_obs, wR_all, R_free, wR_free. A checkpoint (params; the damping as state) is written at the end.
     """
-    from jaxed.refine.optimize import RefinementDiverged, _strong, load_checkpoint, save_checkpoint
-
     config = problem.config
     out = None if out is None else Path(out)
     params = _strong(problem.params0)
@@ -452,7 +448,9 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
             if key in extra:
                 entry[key] = before + int(extra[key])
         if problem.obs_free is not None:
-            entry.update(problem.epoch_metrics(p))
+            s = objective.summary(problem.intensities(p), problem.obs, kind=problem.config.residual,
+                                  free=problem.obs_free)
+            entry.update({k: s[k] for k in ("R_obs", "wR_all", "R_free", "wR_free")})
         history.append(entry)
         if progress:
             print(f"{config.optimizer} {start + i:4d}  wR_all {loss:.5f}" +
