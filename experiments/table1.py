@@ -162,7 +162,7 @@ def run(args) -> dict:
         # the noise floor: wR_all of the true structure at the true thickness of every frame (the data's Poisson
         # noise alone); a refined model at this wR_all has fitted everything but the noise
         i_true = integrated_intensities(truth, crystal, exp, jax.numpy.asarray(t_true), bloch)
-        result["wR_all_truth"] = objective.summary(i_true, problem.obs, kind=problem.config.residual, free=problem.obs_free)["wR_all"]
+        result["wR_all_truth"] = objective.summary(i_true, problem.obs, kind=problem.config.residual)["wR_all"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     if args.polish_lm and args.su:  # after the first write: the refinement is kept even if this fails
@@ -181,11 +181,14 @@ def expected_errors(problem, params, crystal) -> dict:
     (jaxed.refine.uncertainty, V = GoF² (JᵀWJ)⁻¹ of the structural parameters) predict,
     √(mean_j Σ_k σ²(x_jk)) [Å] and √(Σ_j Σ_kl σ²(U_jkl)) [Å²] — comparable with the achieved errors (an error well
     above them means the optimiser has not converged; near them, the noise of the data sets the floor)."""
+    from jaxed.refine.lsq import make_least_squares
     from jaxed.refine.uncertainty import standard_uncertainties
 
     # structure only, thickness network held at its refined values: forming J for its ~4 400 weights would cost
     # ~4 400 forward passes; the conditional s.u. are a lower bound of the full ones (correlations only add)
-    su = standard_uncertainties(problem, params, groups=["structure"])
+    lsq = make_least_squares(problem.model, problem.obs, problem.config, ["structure"], jacobian="auto",
+                             matrix_free_above=10**9)
+    su = standard_uncertainties(lsq, params, problem.structure)
     heavy = np.array([e not in ("H", "D") for e in crystal.site_elements])
     var = np.sum(np.asarray(su.cart_su) ** 2, axis=1)
     # U (CIF convention) → Cartesian needs the metric; for the orthogonal cells of Table 1's paracetamol (Pbca) and

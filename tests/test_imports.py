@@ -1,10 +1,9 @@
 """The package's import graph: no cycle among its modules, and each floor imports only from the floors below it.
 
 Floors (low to high): physics < data < model < refine < app; ``jaxed.errors`` and ``jaxed.runtime`` may be imported
-from anywhere, and the package's ``__init__`` (the public API) from nowhere inside the package (``from jaxed import __version__``, the version string, is not an import of the
-API and is left out). Every import
-statement counts, including those inside functions and under ``if TYPE_CHECKING`` (a lazy import hides a cycle, it
-does not remove it). The graph is read with ``ast`` from the source files: nothing is imported to build it.
+from anywhere, and the package's ``__init__`` (the public API) from nowhere inside the package (``from jaxed import
+__version__``, the version string, is not an import of the API and is left out). Every import statement counts,
+including those inside functions and under ``if TYPE_CHECKING`` (a lazy import hides a cycle, it does not remove it). The graph is read with ``ast`` from the source files: nothing is imported to build it.
 """
 import ast
 from pathlib import Path
@@ -36,7 +35,8 @@ def _graph() -> dict[str, set[str]]:
                     continue
                 base = node.module or ""
                 if node.level:  # relative import
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    parts = package.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
                 # `from jaxed.refine import objective` imports the module jaxed.refine.objective
                 found = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
             else:

@@ -248,11 +248,10 @@ def test_progress_rows_from_the_steps_own_intensities_equal_a_separate_forward(d
 
     config = RefineConfig(thickness_model="nn", epochs=5, checkpoint_every=0, lr=5e-3)
     problem = _problem(demo, frames=(0, 12), config=config)
-    intensities = jax.jit(problem.intensities)
     rows = {}
     for mode in ("aux", "forward"):
         path = tmp_path / f"{mode}.jsonl"
-        monitor = _epoch_monitor(path, problem, intensities, 10, 1)
+        monitor = _epoch_monitor(path, problem, 10, 1)
         callback = monitor if mode == "aux" else (lambda e, p, v, m=monitor: m(e, p, v))
         run_refinement(problem, None, progress=False, callback=callback)
         rows[mode] = _read_epochs(path, config.epochs)

@@ -26,10 +26,9 @@ from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.refine import objective
 from jaxed.refine.checkpoints import (RefinementDiverged, has_checkpoint, load_best, load_checkpoint, load_params,
-                                     save_checkpoint, save_params, strong)
+                                     save_checkpoint, save_params)
 from jaxed.refine.lsq import run_least_squares
-from jaxed.refine.problem import (count_parameters, make_loss, make_loss_and_intensities, make_model,
-                                  make_observations)
+from jaxed.refine.problem import make_loss, make_loss_and_intensities, make_model, make_observations
 from jaxed.refine.step import StepState, init_state, lbfgs_units, make_optimizer, make_step
 
 __all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params", "save_params"]
@@ -52,7 +51,7 @@ class RefineConfig:
             fixed diagonal preconditioner, so tilts in rad and shifts in Å are no longer one Euclidean ball), and
             its first trial step has the length of Adam's first step, √(free parameters) in those units; a 0 rate
             freezes the group. 'identity' — optax's L-BFGS as it is (the first trial step has unit length in the
-            raw parameters, which costs a converged CsPbBr₃ polish 9 line-search evaluations).
+            raw parameters; docs/OPTIMIZERS.md).
         lr_schedule: 'constant' or 'cosine' (cosine decay to 5 % of each rate over ``epochs``; damps Adam's
             end-of-run oscillations).
         lr_warmup: Adam steps over which every rate ramps up linearly from 1/lr_warmup of itself (0: none). Its first
@@ -231,7 +230,7 @@ def _epoch_metrics(problem: Refinement, params) -> dict:
     return {k: s[k] for k in ("R_obs", "wR_all", "R_free", "wR_free")}
 
 
-@batching.with_blas_threads  # one LAPACK thread per eigh: see jaxed.model.batching (8–18× faster on shared cores)
+@batching.with_blas_threads  # one LAPACK thread per eigh (jaxed.model.batching, docs/SPEED.md)
 def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
                    progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
     """Optimise ``problem`` (from ``problem.params0``) for ``config.epochs`` steps.
@@ -248,7 +247,8 @@ def run_refinement(problem: Refinement, out: str | Path | None = None, *, resume
     """
     config = problem.config
     if config.optimizer in ("gn", "lm", "hybrid"):
-        return run_least_squares(problem, out, resume=resume, progress=progress, callback=callback)
+        return run_least_squares(problem.model, problem.obs, config, problem.params0, out, free=problem.obs_free,
+                                 resume=resume, progress=progress, callback=callback)
     out = None if out is None else Path(out)
     state = problem.init_state()
     history: list = []

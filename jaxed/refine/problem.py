@@ -138,7 +138,8 @@ def make_loss_and_intensities(model: Model, obs: objective.Observations, config)
     """``f(params, key=None) -> (loss, intensities)``: :func:`make_loss`'s loss and the unscaled intensities
     (n_frames, n_refl) it was computed from — those of :attr:`Model.intensities` when the loss is full batch at the
     mean thickness (no ``key``, or a config without minibatch / thickness draws), NaN otherwise."""
-    exp_all, stochastic_frames = model.experiment, bool(config.minibatch and config.minibatch < model.experiment.n_frames)
+    exp_all = model.experiment
+    stochastic_frames = bool(config.minibatch and config.minibatch < exp_all.n_frames)
 
     def fn(params, key=None):
         exp, o, tilts = exp_all, obs, params.get("orientation")

@@ -108,7 +108,8 @@ def init_state(optimizer: optax.GradientTransformation, params, count: int = 0) 
 
 
 def _all_finite(value, grads) -> jax.Array:
-    return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    leaves = jax.tree_util.tree_leaves(grads)
+    return jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in leaves]))
 
 
 def make_step(loss: Callable, optimizer: optax.GradientTransformation, *, key: jax.Array, stochastic: bool = False,
