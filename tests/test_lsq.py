@@ -16,7 +16,7 @@ from jaxed.physics.crystal import load_structure
 from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, prepare_experiment
-from jaxed.refine.lsq import LSQSettings, least_squares, make_least_squares
+from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares, make_least_squares
 from jaxed.refine.metrics import asu_rmsd
 from jaxed.data.pets import read_pets
 from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
@@ -256,3 +256,20 @@ def test_lm_resume_continues_the_iterations_and_the_counts(quartz, tmp_path):
     assert counts[:2] == full_counts[:2] and [c - f for c, f in zip(counts[2:], full_counts[2:])] == [1, 1]
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_least_squares_takes_any_residual_function():
+    # Gauss–Newton / LM work on a residual function, not on a refinement: on the linear r = A x − b (12 × 3, no
+    # Bloch model) one GN step reaches the least-squares solution of numpy's lstsq (rtol 1e-10), and LM gets there
+    # too (its damping falls after each accepted step; rtol 1e-6 after 30 iterations).
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(12, 3)), rng.normal(size=12)
+    want = np.linalg.lstsq(a, b, rcond=None)[0]
+    lsq = LeastSquares(lambda params, obs: jnp.asarray(a) @ params["x"] - obs, {"x": jnp.zeros(3)}, jnp.asarray(b),
+                       ["x"], jacobian="fwd")
+    x0, fixed = lsq.split({"x": jnp.zeros(3)})
+    gn = least_squares(lsq, x0, fixed, settings=LSQSettings(method="gn", max_iter=3))
+    assert gn.n_jacobians >= 1 and gn.history[0]["accepted"]
+    np.testing.assert_allclose(lsq.merge(jnp.asarray(gn.x), fixed)["x"], want, rtol=1e-10)
+    lm = least_squares(lsq, x0, fixed, settings=LSQSettings(method="lm", max_iter=30, ftol=0.0, xtol=0.0))
+    np.testing.assert_allclose(lm.x, want, rtol=1e-6)
