@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         key = jax.random.PRNGKey(0)
         t0 = time.perf_counter()
         with threadpool_limits(1, user_api="blas"):
-            jax.block_until_ready(step(params, state, key))
+            jax.block_until_ready(step(state))
         compile_s = time.perf_counter() - t0
         steps[model] = (step, params, state, key, compile_s)
         summ = problem.summary(params)  # R factors at the start (structure of the CIF, 820 Å, PETS orientations)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             limit = 1 if blas == "1" else None
             with threadpool_limits(limit, user_api="blas"):
                 t0 = time.perf_counter()
-                jax.block_until_ready(step(params, state, key))
+                jax.block_until_ready(step(state))
                 times[(model, blas)].append(time.perf_counter() - t0)
             print(f"  {model} blas={blas}: {times[(model, blas)][-1]:.2f} s", flush=True)
     load = os.getloadavg()[0]

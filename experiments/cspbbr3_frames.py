@@ -238,10 +238,10 @@ def main() -> None:
         before = objective.frame_values(problem.intensities(q), problem.obs)
         print(f"frames {(idx + 1).tolist()}, the run's orientations (tilts folded in): R_obs "
               f"{np.round(before['R_obs'], 4)} wR_all {np.round(before['wR_all'], 4)}", flush=True)
-        searches = {"nelder-mead": lambda pr: ori.nelder_mead(pr, q, initial_step_deg=args.nm_step,
+        searches = {"nelder-mead": lambda pr: ori.nelder_mead(pr.model, q, initial_step_deg=args.nm_step,
                                                                maxfev=args.maxfev),
-                    "hexagonal": lambda pr: ori.hexagonal_scan(pr, q, theta0_deg=args.nm_step),
-                    "about-beam": lambda pr: ori.about_beam_scan(pr, q)}
+                    "hexagonal": lambda pr: ori.hexagonal_scan(pr.model, q, theta0_deg=args.nm_step),
+                    "about-beam": lambda pr: ori.about_beam_scan(pr.model, q)}
         for name in args.searches.split(","):
             t0 = time.perf_counter()
             exp, info = searches[name](problem)

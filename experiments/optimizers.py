@@ -85,11 +85,9 @@ def run_case(args) -> dict:
                           checkpoint_every=0, hybrid_adam_steps=10, lsq_jacobian=args.jacobian,
                           lbfgs_metric=args.lbfgs_metric)
     print(f"  prepared {int(np.sum(exp.refl_mask))} reflections, {exp.matrix_size} beams", flush=True)
-    problem = Refinement(crystal, truth, exp, bloch, config)
-    if nn:
-        problem.thickness = make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0,
-                                                 hidden=(args.width, args.width))
-        problem.params0["thickness"] = problem.thickness.init(jax.random.PRNGKey(0))
+    thickness = make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0,
+                                     hidden=(args.width, args.width)) if nn else None
+    problem = Refinement(crystal, truth, exp, bloch, config, thickness=thickness)  # thickness seeded by config.seed
     problem.params0["structure"] = random_start(problem.structure, problem.params0["structure"], args.delta, seed=1)
     n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(problem.params0)))
     start = {"wR_all": float(problem.loss(problem.params0)), "rmsd": asu_rmsd(crystal, problem.atoms(problem.params0), truth)}

@@ -119,7 +119,7 @@ def main() -> None:
     final = np.asarray(problem.experiment.base_orientation)
     cosines = np.sum(beam_directions(final) * beam_directions(ref_orientations), axis=1)
     beam_vs_reference = np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))
-    wr_frames = orientation.frame_losses(problem, problem.params0)
+    wr_frames = orientation.frame_losses(problem.model, problem.params0)
     wr_ratio = wr_frames / ref_frame_wr
     keys = ("R_obs", "wR_all", "wR_all_jana", "R_obs_frame_mean", "wR_all_frame_mean", "N_obs", "N_all")
     result = {"method": args.method, "theta0_deg": args.theta0, "nm_step_deg": args.nm_step, "d_sg": args.d_sg, "reselect": args.reselect, "orientations": args.orientations, "samples": args.samples, "beams": args.beams, "max_beams": args.max_beams, "theta_min_deg": args.theta_min,

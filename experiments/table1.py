@@ -34,11 +34,11 @@ jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend
 
 import numpy as np  # noqa: E402
 
+from jaxed.refine import objective  # noqa: E402
 from jaxed.physics.bloch import BlochSettings  # noqa: E402
 from jaxed.physics.crystal import load_structure  # noqa: E402
 from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment  # noqa: E402
 from jaxed.refine.metrics import adp_frobenius, asu_rmsd, thickness_errors  # noqa: E402
-from jaxed.model.parameters import make_structure_model  # noqa: E402
 from jaxed.data.pets import read_pets  # noqa: E402
 from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement  # noqa: E402
 from jaxed.model.synth import random_start, synthesize, thickness_profile  # noqa: E402
@@ -111,12 +111,10 @@ def run(args) -> dict:
                       lr_schedule=args.schedule, checkpoint_every=25, seed=args.seed, aniso=spec["aniso"],
                       thickness_range=(50.0, 3000.0))
     config = RefineConfig(**model_opts)
-    problem = Refinement(crystal, truth, exp, bloch, config)
-    if start_atoms is not None:
-        model, p = make_structure_model(crystal, start_atoms, aniso=spec["aniso"])
-        problem.params0["structure"] = p
-        problem.structure = model  # the start's reference positions define ξ = 0
-    else:
+    # a given start's reference positions define ξ = 0 (make_structure_model of the start)
+    reference = truth if start_atoms is None else start_atoms
+    problem = Refinement(crystal, reference, exp, bloch, config)
+    if start_atoms is None:
         problem.params0["structure"] = random_start(problem.structure, problem.params0["structure"], args.delta,
                                                     seed=args.seed)
     start = problem.atoms(problem.params0)
@@ -135,9 +133,8 @@ def run(args) -> dict:
         # second-order polish: K Levenberg–Marquardt iterations from the first-order result (same problem)
         adam_summary = {"wR_all": problem.summary(params)["wR_all"],
                         "rmsd_A": asu_rmsd(crystal, problem.atoms(params), truth), "epochs": len(history)}
-        polish = Refinement(crystal, truth, exp, bloch, dataclasses.replace(config, optimizer="lm",
-                                                                            epochs=args.polish_lm))
-        polish.structure = problem.structure
+        polish = Refinement(crystal, reference, exp, bloch, dataclasses.replace(config, optimizer="lm",
+                                                                                epochs=args.polish_lm))
         polish.params0 = params
         params, more = run_refinement(polish, RESULTS / f"{tag}.lm.ckpt", progress=False, resume=args.resume,
                                       callback=lambda e, p, v: print(f"  LM {e:4d}  wR_all {v:.5f}  "
@@ -165,7 +162,7 @@ def run(args) -> dict:
         # the noise floor: wR_all of the true structure at the true thickness of every frame (the data's Poisson
         # noise alone); a refined model at this wR_all has fitted everything but the noise
         i_true = integrated_intensities(truth, crystal, exp, jax.numpy.asarray(t_true), bloch)
-        result["wR_all_truth"] = float(problem.summarize(i_true)["wR_all"])
+        result["wR_all_truth"] = objective.summary(i_true, problem.obs, kind=problem.config.residual)["wR_all"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1))
     if args.polish_lm and args.su:  # after the first write: the refinement is kept even if this fails
@@ -184,11 +181,14 @@ def expected_errors(problem, params, crystal) -> dict:
     (jaxed.refine.uncertainty, V = GoF² (JᵀWJ)⁻¹ of the structural parameters) predict,
     √(mean_j Σ_k σ²(x_jk)) [Å] and √(Σ_j Σ_kl σ²(U_jkl)) [Å²] — comparable with the achieved errors (an error well
     above them means the optimiser has not converged; near them, the noise of the data sets the floor)."""
+    from jaxed.refine.lsq import make_least_squares
     from jaxed.refine.uncertainty import standard_uncertainties
 
     # structure only, thickness network held at its refined values: forming J for its ~4 400 weights would cost
     # ~4 400 forward passes; the conditional s.u. are a lower bound of the full ones (correlations only add)
-    su = standard_uncertainties(problem, params, groups=["structure"])
+    lsq = make_least_squares(problem.model, problem.obs, problem.config, ["structure"], jacobian="auto",
+                             matrix_free_above=10**9)
+    su = standard_uncertainties(lsq, params, problem.structure)
     heavy = np.array([e not in ("H", "D") for e in crystal.site_elements])
     var = np.sum(np.asarray(su.cart_su) ** 2, axis=1)
     # U (CIF convention) → Cartesian needs the metric; for the orthogonal cells of Table 1's paracetamol (Pbca) and

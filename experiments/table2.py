@@ -225,7 +225,7 @@ def folded_report(problem: Refinement, params: dict, folded: Refinement, q: dict
     change = w["wR_all"] - v["wR_all"]
     rows = {}
     for name, pr, i in (("as refined", problem, i_calc[0]), ("folded", folded, i_calc[1])):
-        r = pr.summarize(i)
+        r = objective.summary(i, pr.obs, kind=pr.config.residual, free=pr.obs_free)
         rows[name] = {k: float(r[k]) for k in ("R_obs_frame_mean", "wR_all_frame_mean", "R_obs", "wR_all")}
         log(f"{name}: frame means R_obs {r['R_obs_frame_mean']:.4f} wR_all {r['wR_all_frame_mean']:.4f}; pooled "
             f"{r['R_obs']:.4f} / {r['wR_all']:.4f}; N_obs {r['N_obs']} N_all {r['N_all']}")
@@ -328,17 +328,17 @@ def run(args) -> dict:
             config, refine_orientation=False, lr_groups=tuple(g for g in config.lr_groups if g[0] != "orientation")))
         fixed_params = {k: v for k, v in params.items() if k != "orientation"}
         if args.cycle_search == "hexagonal":
-            corrected, _ = orientation.hexagonal_scan(fixed, fixed_params, theta0_deg=0.05,
+            corrected, _ = orientation.hexagonal_scan(fixed.model, fixed_params, theta0_deg=0.05,
                                                       theta_min_deg=args.theta_min, max_rounds=args.max_rounds, log=log)
         elif args.cycle_search == "about-beam":  # the rotation about the beam alone, all frames batched
-            corrected, info = orientation.about_beam_scan(fixed, fixed_params, max_about_beam_deg=args.max_about_beam
+            corrected, info = orientation.about_beam_scan(fixed.model, fixed_params, max_about_beam_deg=args.max_about_beam
                                                           or 4.0, log=log)
             log(f"cycle {cycle}: about-beam scan: mean frame wR {info['frame_wr_start'].mean():.4f} → "
                 f"{info['frame_wr_end'].mean():.4f}, |ω| median {np.median(np.abs(info['omega_deg'])):.2f}°")
         else:  # Nelder–Mead (three angles) on the frames the refined model fits worst: other minima, not the nearest
             v = objective.frame_values(fixed.intensities(fixed_params), fixed.obs)
             worst = np.sort(np.argsort(-v["R_obs"])[: args.cycle_frames or exp.n_frames])
-            corrected, info = orientation.nelder_mead(fixed, fixed_params, initial_step_deg=args.nm_step, log=log,
+            corrected, info = orientation.nelder_mead(fixed.model, fixed_params, initial_step_deg=args.nm_step, log=log,
                                                       max_about_beam_deg=args.max_about_beam, frames=worst)
             log(f"cycle {cycle}: Nelder–Mead ({args.nm_step}°) on {len(worst)} frames: mean frame wR "
                 f"{info['frame_wr_start'].mean():.4f} → {info['frame_wr_end'].mean():.4f}")

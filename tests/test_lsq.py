@@ -16,7 +16,7 @@ from jaxed.physics.crystal import load_structure
 from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, prepare_experiment
-from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares
+from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares, make_least_squares
 from jaxed.refine.metrics import asu_rmsd
 from jaxed.data.pets import read_pets
 from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
@@ -38,10 +38,10 @@ def quartz():
     return crystal, atoms, prepare_experiment(synthetic, crystal, SMALL), bloch
 
 
-def _problem(quartz, delta, seed=1, **config):
+def _problem(quartz, delta, seed=1, thickness=None, **config):
     crystal, atoms, exp, bloch = quartz
     config = RefineConfig(**{"thickness_model": "single", "checkpoint_every": 0, **config})
-    problem = Refinement(crystal, atoms, exp, bloch, config)
+    problem = Refinement(crystal, atoms, exp, bloch, config, thickness=thickness)
     if delta:
         problem.params0["structure"] = random_start(problem.structure, problem.params0["structure"], delta, seed=seed)
     return problem
@@ -51,7 +51,7 @@ def test_residual_vector_squares_to_the_loss_and_jacobian_modes_agree(quartz):
     # Σ r² = wR_all² (the objective), to 1e-12 relative; forward- and reverse-mode Jacobians agree to 1e-8 and
     # match a central difference along a random direction (h = 1e-6) to 1e-5 relative.
     problem = _problem(quartz, 0.05, thickness_init=600.0)
-    fwd, rev = LeastSquares(problem, jacobian="fwd"), LeastSquares(problem, jacobian="rev")
+    fwd, rev = (make_least_squares(problem.model, problem.obs, problem.config, jacobian=m) for m in ("fwd", "rev"))
     x, fixed = fwd.split(problem.params0)
     r, j_fwd = fwd.jacobian(x, fixed, problem.obs)
     _, j_rev = rev.jacobian(x, fixed, problem.obs)
@@ -71,7 +71,7 @@ def test_jacobian_in_chunks_equals_the_whole(quartz):
     # same J as one vmapped call, to 1e-12 relative, in both modes, and the chunked program still holds one eigh.
     problem = _problem(quartz, 0.05, thickness_init=600.0)
     for mode in ("fwd", "rev"):
-        whole, chunked = LeastSquares(problem, jacobian=mode), LeastSquares(problem, jacobian=mode)
+        whole, chunked = (make_least_squares(problem.model, problem.obs, problem.config, jacobian=mode) for _ in "ab")
         count = whole.n_params if mode == "fwd" else whole.n_residuals
         assert whole.jacobian_chunk == count  # this small problem fits at once
         chunked.jacobian_chunk = 3  # read when the jitted Jacobian is traced (first call)
@@ -94,11 +94,11 @@ def test_jacobian_programs_hold_one_eigh(quartz):
     # matrix-free CG step) each contain exactly one eigh custom call.
     problem = _problem(quartz, 0.05, thickness_init=600.0)
     for mode in ("fwd", "rev"):
-        lsq = LeastSquares(problem, jacobian=mode)
+        lsq = make_least_squares(problem.model, problem.obs, problem.config, jacobian=mode)
         x, fixed = lsq.split(problem.params0)
         text = lsq.jacobian.lower(x, fixed, problem.obs).compile().as_text()
         assert text.count("custom_call_target=\"lapack_zheevd_ffi\"") == 1, mode
-    cg = LeastSquares(problem, jacobian="cg")
+    cg = make_least_squares(problem.model, problem.obs, problem.config, jacobian="cg")
     text = cg._cg_solve.lower(x, fixed, problem.obs, 1e-3, jax.random.PRNGKey(0), max_iter=3,
                               tol=1e-6).compile().as_text()
     assert text.count("custom_call_target=\"lapack_zheevd_ffi\"") == 1
@@ -141,7 +141,7 @@ def test_matrix_free_step_matches_the_dense_step(quartz):
     # solve of the same system (J from forward mode) to 1e-6 relative (λ = 1e-2). An LM run with the matrix-free step
     # (no Jacobi scaling, so slower than the dense one) lowers wR_all at least 20× in 8 iterations from a 0.05 Å start.
     problem = _problem(quartz, 0.05, thickness_init=620.0)
-    dense, free = LeastSquares(problem, jacobian="fwd"), LeastSquares(problem, jacobian="cg")
+    dense, free = (make_least_squares(problem.model, problem.obs, problem.config, jacobian=m) for m in ("fwd", "cg"))
     x, fixed = dense.split(problem.params0)
     r, jac = dense.jacobian(x, fixed, problem.obs)
     jac, r = np.asarray(jac), np.asarray(r)
@@ -156,11 +156,11 @@ def test_matrix_free_step_matches_the_dense_step(quartz):
 
 def test_auto_jacobian_picks_forward_mode_for_few_parameters_and_matrix_free_for_many(quartz):
     problem = _problem(quartz, 0.0)
-    assert LeastSquares(problem).jacobian_mode == "fwd"
-    assert LeastSquares(problem, matrix_free_above=5).jacobian_mode == "cg"
+    assert make_least_squares(problem.model, problem.obs, problem.config).jacobian_mode == "fwd"
+    assert make_least_squares(problem.model, problem.obs, problem.config, matrix_free_above=5).jacobian_mode == "cg"
     nn = _problem(quartz, 0.0, thickness_model="nn")  # ThicknessNN: ~4400 weights ≫ 4 × 63 residuals
-    assert LeastSquares(nn).jacobian_mode == "cg"
-    assert LeastSquares(nn, matrix_free_above=10**6).jacobian_mode == "rev"
+    assert make_least_squares(nn.model, nn.obs, nn.config).jacobian_mode == "cg"
+    assert make_least_squares(nn.model, nn.obs, nn.config, matrix_free_above=10**6).jacobian_mode == "rev"
 
 
 def test_hybrid_adam_thickness_network_and_lm_structure(quartz):
@@ -168,9 +168,8 @@ def test_hybrid_adam_thickness_network_and_lm_structure(quartz):
     # the structure, × 5 cycles, from a 0.05 Å start: wR_all falls by at least 5× and the ASU RMSD by at least 3×.
     crystal, atoms, _, _ = quartz
     problem = _problem(quartz, 0.05, thickness_model="nn", thickness_init=600.0, optimizer="hybrid", epochs=5,
-                       hybrid_adam_steps=5, lr=0.02)
-    problem.thickness = make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0, hidden=(8, 8))
-    problem.params0["thickness"] = problem.thickness.init(jax.random.PRNGKey(0))
+                       hybrid_adam_steps=5, lr=0.02,
+                       thickness=make_thickness_model("nn", t_init=600.0, t_min=50.0, t_max=3000.0, hidden=(8, 8)))
     start_loss = float(problem.loss(problem.params0))
     start = asu_rmsd(crystal, problem.atoms(problem.params0), atoms)
     params, history = run_refinement(problem, progress=False)
@@ -257,3 +256,20 @@ def test_lm_resume_continues_the_iterations_and_the_counts(quartz, tmp_path):
     assert counts[:2] == full_counts[:2] and [c - f for c, f in zip(counts[2:], full_counts[2:])] == [1, 1]
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
+def test_least_squares_takes_any_residual_function():
+    # Gauss–Newton / LM work on a residual function, not on a refinement: on the linear r = A x − b (12 × 3, no
+    # Bloch model) one GN step reaches the least-squares solution of numpy's lstsq (rtol 1e-10), and LM gets there
+    # too (its damping falls after each accepted step; rtol 1e-6 after 30 iterations).
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(12, 3)), rng.normal(size=12)
+    want = np.linalg.lstsq(a, b, rcond=None)[0]
+    lsq = LeastSquares(lambda params, obs: jnp.asarray(a) @ params["x"] - obs, {"x": jnp.zeros(3)}, jnp.asarray(b),
+                       ["x"], jacobian="fwd")
+    x0, fixed = lsq.split({"x": jnp.zeros(3)})
+    gn = least_squares(lsq, x0, fixed, settings=LSQSettings(method="gn", max_iter=3))
+    assert gn.n_jacobians >= 1 and gn.history[0]["accepted"]
+    np.testing.assert_allclose(lsq.merge(jnp.asarray(gn.x), fixed)["x"], want, rtol=1e-10)
+    lm = least_squares(lsq, x0, fixed, settings=LSQSettings(method="lm", max_iter=30, ftol=0.0, xtol=0.0))
+    np.testing.assert_allclose(lm.x, want, rtol=1e-6)

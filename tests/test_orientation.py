@@ -54,9 +54,9 @@ def test_search_recovers_the_true_orientation(misoriented, method):
     assert np.all(start > 0.1)
     fn = {"hexagonal": hexagonal_scan, "gradient": lambda p, x: gradient_tilts(p, x, steps=80, lr=3e-4),
           "nelder-mead": lambda p, x: nelder_mead(p, x, maxfev=120)}[method]
-    corrected, _ = fn(problem, problem.params0)
-    before = frame_losses(problem, problem.params0)
-    after = frame_losses(problem, problem.params0, corrected)
+    corrected, _ = fn(problem.model, problem.params0)
+    before = frame_losses(problem.model, problem.params0)
+    after = frame_losses(problem.model, problem.params0, corrected)
     assert np.all(after < before / 3)
     # compare the beam directions (the rotation about the beam does not change intensities and is not determined)
     beam = lambda o: np.linalg.solve(o, [0, 0, -1.0])  # noqa: E731
@@ -178,10 +178,10 @@ def test_searches_score_trials_with_the_trial_orientations_own_sample_beams():
     synthetic = synthesize(crystal, atoms, true, np.full(2, 600.0), bloch, settings, noise=False)
     exp = prepare_experiment(dataclasses.replace(synthetic, alpha=data.alpha), crystal, settings)
     problem = Refinement(crystal, atoms, exp, bloch, RefineConfig(thickness_model="single", thickness_init=600.0))
-    corrected, info = hexagonal_scan(problem, problem.params0)
-    after = frame_losses(problem, problem.params0, reselect_sample_beams(corrected, crystal))
+    corrected, info = hexagonal_scan(problem.model, problem.params0)
+    after = frame_losses(problem.model, problem.params0, reselect_sample_beams(corrected, crystal))
     np.testing.assert_allclose(after, info["frame_wr_end"], rtol=1e-10, atol=1e-12)
-    assert np.all(after < frame_losses(problem, problem.params0) / 3)
+    assert np.all(after < frame_losses(problem.model, problem.params0) / 3)
 
 
 def test_search_chain_rejects_unknown_searches_and_options(misoriented):
@@ -213,10 +213,10 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
     synthetic = synthesize(crystal, atoms, data, np.full(2, 600.0), bloch, SETTINGS, noise=False)
     problem = Refinement(crystal, atoms, prepare_experiment(synthetic, crystal, SETTINGS, orientations=turned), bloch,
                          RefineConfig(thickness_model="single", thickness_init=600.0))
-    before = frame_losses(problem, problem.params0)
+    before = frame_losses(problem.model, problem.params0)
     turns = {}
     for bound in (None, 0.1):
-        found, info = nelder_mead(problem, problem.params0, initial_step_deg=0.3, maxfev=80, max_about_beam_deg=bound)
+        found, info = nelder_mead(problem.model, problem.params0, initial_step_deg=0.3, maxfev=80, max_about_beam_deg=bound)
         rel = np.einsum("fij,fkj->fik", np.asarray(found.base_orientation),
                         np.asarray(problem.experiment.base_orientation))
         turns[bound] = np.abs(np.degrees(Rotation.from_matrix(rel).as_rotvec()[:, 2]))
@@ -224,7 +224,7 @@ def test_nelder_mead_bounds_the_rotation_about_the_beam():
     assert np.all(turns[0.1] <= 0.1 + 1e-9), turns
     assert np.max(turns[None]) > 0.15, turns
     # frames=: only the listed frames are searched; the others keep their orientation exactly
-    found, info = nelder_mead(problem, problem.params0, initial_step_deg=0.3, maxfev=10, frames=[1])
+    found, info = nelder_mead(problem.model, problem.params0, initial_step_deg=0.3, maxfev=10, frames=[1])
     assert np.array_equal(np.asarray(found.base_orientation)[0], np.asarray(problem.experiment.base_orientation)[0])
     assert len(info["frame_wr_end"]) == 1 and info["frame_wr_end"][0] <= info["frame_wr_start"][0]
     assert info["frame_wr_start"][0] == pytest.approx(before[1], rel=1e-9)  # it searched frame 1, not frame 0
@@ -247,8 +247,8 @@ def test_about_beam_scan_finds_a_turn_about_the_beam_and_leaves_still_frames_alo
         synthetic = synthesize(crystal, atoms, data, np.full(2, 600.0), bloch, settings, noise=False)
         problem = Refinement(crystal, atoms, prepare_experiment(synthetic, crystal, settings, orientations=turned),
                              bloch, RefineConfig(thickness_model="single", thickness_init=600.0))
-        found, info = about_beam_scan(problem, problem.params0, grid_deg=1.0, max_about_beam_deg=3.0)
-        after = frame_losses(problem, problem.params0, found)
+        found, info = about_beam_scan(problem.model, problem.params0, grid_deg=1.0, max_about_beam_deg=3.0)
+        after = frame_losses(problem.model, problem.params0, found)
         np.testing.assert_allclose(after, info["frame_wr_end"], rtol=1e-10)
         if n_samples == 1:
             assert np.all(info["omega_deg"] == 0.0)
@@ -263,9 +263,9 @@ def test_search_losses_in_frame_chunks_equal_one_batched_call(misoriented, monke
     from jaxed.model import batching
 
     problem, _ = misoriented
-    whole = frame_losses(problem, problem.params0)
+    whole = frame_losses(problem.model, problem.params0)
     monkeypatch.setattr(batching, "experiment_frames_per_batch", lambda *a, **k: 1)
-    chunked = frame_losses(problem, problem.params0)
+    chunked = frame_losses(problem.model, problem.params0)
     assert whole.shape == (2,) and not np.allclose(whole[0], whole[1], rtol=1e-3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=0)
 

@@ -9,7 +9,7 @@ from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import load_structure
 from jaxed.app.demo import demo_files
 from jaxed.model.experiment import ExperimentSettings, prepare_experiment
-from jaxed.refine.lsq import LeastSquares, LSQSettings, least_squares
+from jaxed.refine.lsq import LSQSettings, least_squares, make_least_squares
 from jaxed.data.pets import read_pets
 from jaxed.refine.optimize import RefineConfig, Refinement
 from jaxed.app.report import write_refined_cif
@@ -58,7 +58,7 @@ def test_su_match_the_spread_over_noise_realisations(noisy_problem):
     # (sampling error of a 30-sample s.d. ≈ 13 %), for every structural parameter (measured ratios 0.82–1.08);
     # GoF ≈ 1 (0.7–1.3) since the weights are right.
     problem = noisy_problem
-    lsq = LeastSquares(problem)
+    lsq = make_least_squares(problem.model, problem.obs, problem.config)
     x0, fixed = lsq.split(problem.params0)
     i_true = np.asarray(problem.intensities(problem.params0))
     mask = np.asarray(problem.experiment.refl_mask)
@@ -73,7 +73,7 @@ def test_su_match_the_spread_over_noise_realisations(noisy_problem):
         assert result.reason in ("ftol", "xtol")
         xs.append(result.x)
         if k < 3:
-            unc = standard_uncertainties(problem, lsq.merge(jnp.asarray(result.x), fixed), obs=obs, lsq=lsq)
+            unc = standard_uncertainties(lsq, lsq.merge(jnp.asarray(result.x), fixed), problem.structure, obs=obs)
             sus.append(unc.su)
             gofs.append(unc.gof)
     spread = np.std(np.array(xs), axis=0, ddof=1)
@@ -100,11 +100,11 @@ def test_propagation_bonds_correlations_and_cif(noisy_problem, tmp_path):
     sigma = np.where(mask, 0.01 * i_true + 1e-3 * i_true.max(), 1.0)
     obs = objective.prepare_observations(jnp.asarray(i_true + sigma * rng.normal(size=i_true.shape)),
                                          jnp.asarray(sigma), jnp.asarray(mask), u=0.0)
-    unc = standard_uncertainties(problem, problem.params0, obs=obs)
+    lsq = make_least_squares(problem.model, problem.obs, problem.config)
+    unc = standard_uncertainties(lsq, problem.params0, problem.structure, obs=obs)
     assert unc.rank == 7 and unc.n_scales == 6 and unc.n_obs == int(mask.sum())
     assert np.all(unc.su > 0)
     # O1 is on a general position: s.u. of its Cartesian coordinates from those of x, y, z and their covariance
-    lsq = LeastSquares(problem)
     assert unc.labels == lsq.parameter_labels()
     direct = np.asarray(problem.crystal.direct)
     assert np.all(unc.cart_su[1] > 0) and np.all(unc.frac_su[1] > 0)

@@ -36,7 +36,8 @@ def perturbed(params, seed=1):
 
 def compute():
     from jaxed.model.experiment import ExperimentSettings
-    from jaxed.refine.optimize import RefineConfig, Refinement
+    from jaxed.refine.optimize import RefineConfig
+    from jaxed.refine.problem import make_loss, make_model, make_observations
     from jaxed.app.workflow import load_problem
 
     settings = ExperimentSettings(g_max=2.0, sg_max=0.01, g_max_refine=1.6, r_sg_max=0.9, n_samples=21)
@@ -45,11 +46,13 @@ def compute():
         crystal, atoms, _, exp, bloch = load_problem(SHARED / "structures/quartz_P3221.cif",
                                                      SHARED / "pets/quartz_suresh2024.cif_pets",
                                                      exp_settings=settings, log=lambda s: None)
-    problem = Refinement(crystal, atoms, exp, bloch,
-                         RefineConfig(thickness_model="nn", thickness_init=800.0, refine_orientation=True,
-                                      orientation_angles=3, seed=0))
-    params = perturbed(problem.params0)
-    value, grads = jax.jit(jax.value_and_grad(problem.loss))(params)
+    config = RefineConfig(thickness_model="nn", thickness_init=800.0, refine_orientation=True, orientation_angles=3,
+                          seed=0)
+    model = make_model(crystal, atoms, exp, bloch, config)
+    obs, _ = make_observations(exp, crystal, config)
+    loss = make_loss(model, obs, config)
+    params = perturbed(model.init(jax.random.PRNGKey(config.seed)))
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
     leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
     return float(value), {jax.tree_util.keystr(k): np.asarray(v).ravel().tolist() for k, v in leaves}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import numpy as np
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import load_structure
 from jaxed.model.experiment import ExperimentSettings, prepare_experiment
+from jaxed.refine import objective
 from jaxed.refine.metrics import adp_frobenius, asu_rmsd, thickness_errors
 from jaxed.data.pets import read_pets
+from jaxed.model.synth import random_start
 from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
 from jaxed.app.report import write_markdown_report, write_plots, write_refined_cif, write_report
 
@@ -43,14 +46,10 @@ def demo_files() -> tuple[Path, Path, Path]:
 def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta: float = 0.2, seed: int = 0,
              progress: bool = True) -> dict:
     """Run the demo refinement; returns the table as a dict and writes report, CIF and plots into ``out``."""
-    from jaxed.model.synth import random_start
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     structure, data_path, truth_path = demo_files()
     crystal, truth = load_structure(structure)
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = read_pets(data_path)
@@ -88,8 +87,6 @@ def run_demo(out: str | Path = "jaxed-demo", *, epochs: int | None = None, delta
     print(f"\n{len(history)} epochs in {seconds:.0f} s; outputs in {out}/")
     write_refined_cif(out / "refined.cif", crystal, end["atoms"], end["summary"], end["thickness"],
                       experiment.frame_ids)
-    from jaxed.refine import objective
-
     i_calc = problem.intensities(params)
     scales = np.asarray(objective.frame_scales(i_calc, problem.obs))
     plots = write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), end["thickness"],

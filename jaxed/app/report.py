@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxed.physics.crystal import AtomParams, Crystal, write_structure_cif
+from jaxed.physics.crystal import AtomParams, Crystal, format_su, write_structure_cif
 
 __all__ = ["write_report", "write_plots", "write_refined_cif", "write_frame_plot", "write_markdown_report",
            "frame_statistics", "largest_residuals"]
@@ -34,7 +34,15 @@ def write_report(path: str | Path, report: dict) -> None:
 
 def write_refined_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, summary: dict, thickness: np.ndarray,
                       frame_ids, sigmas: dict | None = None) -> None:
-    """The refined structure with R factors and per-frame thicknesses as CIF items (readable by gemmi)."""
+    """The refined structure with R factors, per-frame thicknesses and (with ``sigmas``) standard uncertainties of
+    coordinates, ADPs, U_eq and bonds, as one CIF written once (readable by gemmi).
+
+    Args:
+        summary: R factors and counts (jaxed.refine.objective.summary), optionally GoF, n_params, wavelength [Å],
+            d_min [Å], R_free / wR_free / N_free and the effective settings.
+        thickness: (n_frames,) [Å] with ``frame_ids``.
+        sigmas: {'frac', 'u_cif', 'u_eq', 'bonds'} (jaxed.refine.uncertainty.Uncertainties.cif_sigmas).
+    """
     from jaxed import __version__
 
     def number(x, fmt):
@@ -78,41 +86,15 @@ def write_refined_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, sum
     if summary.get("settings"):
         lines = [f"{k} = {v}".replace("\n", " ") for k, v in sorted(summary["settings"].items()) if v is not None]
         extra["_refine_special_details"] = "\n;\njaxed settings:\n" + "\n".join(lines) + "\n;"
-    write_structure_cif(path, crystal, atoms, extra=extra, sigmas=sigmas)
-    if sigmas is not None and (sigmas.get("u_eq") is not None or sigmas.get("bonds")):
-        _add_uncertainties(path, crystal, atoms, sigmas)
-    with open(path, "a") as fh:
-        fh.write("\nloop_\n_jaxed_frame_id\n_jaxed_frame_thickness_A\n")
-        for f, t in zip(frame_ids, np.asarray(thickness)):
-            fh.write(f"{f} {t:.2f}\n")
-
-
-def _add_uncertainties(path: str | Path, crystal: Crystal, atoms: AtomParams, sigmas: dict) -> None:
-    """U_eq with its s.u. in the atom_site loop and a _geom_bond loop (jaxed.refine.uncertainty), e.g. 0.0123(4)."""
-    from jaxed.refine.uncertainty import format_su
-
-    path = Path(path)
-    lines = path.read_text().splitlines()
-    u_eq_su = sigmas.get("u_eq")
-    if u_eq_su is not None:
-        direct = np.asarray(crystal.direct)
-        u_eq = np.trace(direct @ np.asarray(atoms.u_star) @ direct.T, axis1=1, axis2=2) / 3.0
-        start = next((i for i, line in enumerate(lines) if line.strip() == "_atom_site_occupancy"), None)
-        if start is not None:
-            j = 0
-            for i in range(start + 1, len(lines)):
-                tokens = lines[i].split()
-                if j >= len(crystal.labels) or not tokens or tokens[0] != crystal.labels[j]:
-                    break
-                tokens[5] = format_su(float(u_eq[j]), float(u_eq_su[j]))  # label type x y z U_eq ...
-                lines[i] = " ".join(tokens)
-                j += 1
-    bonds = sigmas.get("bonds") or []
-    if bonds:
-        lines += ["", "loop_", "_geom_bond_atom_site_label_1", "_geom_bond_atom_site_label_2", "_geom_bond_distance",
-                  "_geom_bond_site_symmetry_2"]
-        lines += [f"{b['atom_1']} {b['atom_2']} {b['text']} {b['symmetry']}" for b in bonds]
-    path.write_text("\n".join(lines) + "\n")
+    loops = []
+    bonds = (sigmas or {}).get("bonds") or []
+    if bonds:  # from jaxed.refine.uncertainty: distances with their s.u., e.g. 1.6093(4)
+        loops.append((["_geom_bond_atom_site_label_1", "_geom_bond_atom_site_label_2", "_geom_bond_distance",
+                       "_geom_bond_site_symmetry_2"],
+                      [[b["atom_1"], b["atom_2"], b["text"], b["symmetry"]] for b in bonds]))
+    loops.append((["_jaxed_frame_id", "_jaxed_frame_thickness_A"],
+                  [[f, f"{t:.2f}"] for f, t in zip(frame_ids, np.asarray(thickness))]))
+    write_structure_cif(path, crystal, atoms, extra=extra, sigmas=sigmas, loops=loops)
 
 
 def write_plots(folder: str | Path, history: list, theta_deg: np.ndarray, thickness: np.ndarray,
@@ -275,8 +257,6 @@ def write_markdown_report(path: str | Path, report: dict, *, settings: dict | No
                 return value if value is not None else "–"
             su = row.get(f"su_{key}")
             if su is not None and np.isfinite(su) and su > 0 and np.isfinite(value):
-                from jaxed.refine.uncertainty import format_su
-
                 return format_su(float(value), float(su))  # e.g. 0.4697(3)
             return _num(value, ".5f")
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +19,12 @@ from jaxed.refine import objective
 from jaxed.model.batching import MATRICES_PER_SAMPLE
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.constants import wavelength as _wavelength
-from jaxed.physics.crystal import AtomParams, Crystal, load_structure
+from jaxed.physics.crystal import AtomParams, Crystal, load_structure, u_equivalent
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import (Experiment, ExperimentSettings, integrated_intensities, prepare_experiment,
                               reselect_sample_beams)
 from jaxed.refine.optimize import RefineConfig, Refinement, run_refinement
+from jaxed.refine.problem import count_parameters, make_model
 from jaxed.app.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
                           write_refined_cif, write_report)
 
@@ -199,17 +201,6 @@ def _report_dict(summary: dict, experiment: Experiment, thickness: np.ndarray, h
                                 "(diffBloch's aggregate)"}, **extra}
 
 
-def count_parameters(problem: Refinement) -> int:
-    """Parameters for GoF and the CIF: structure and orientation parameters, one scale per frame, and the thickness
-    model's parameters but at most one per frame (a ThicknessNN's weights are not independent degrees of freedom)."""
-    def size(tree):
-        return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(tree)))
-
-    n_frames = problem.experiment.n_frames
-    return (size(problem.params0["structure"]) + size(problem.params0.get("orientation", {})) + n_frames
-            + min(size(problem.params0["thickness"]), n_frames))
-
-
 def data_statistics(crystal: Crystal, experiment: Experiment, summary: dict, inputs: dict | None = None) -> dict:
     """Frames, reflections, resolution [Å], wavelength [Å] and beams of a prepared experiment (for report.md)."""
     mask = np.asarray(experiment.refl_mask)
@@ -227,7 +218,7 @@ def data_statistics(crystal: Crystal, experiment: Experiment, summary: dict, inp
     return stats
 
 
-def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, every: int):
+def _epoch_monitor(path: Path, problem: Refinement, n_params: int, every: int):
     """A run_refinement callback that appends R_obs, wR_all, GoF (and R_free) after every ``every``-th epoch and
     after the last to ``path`` (JSON lines, so a resumed run keeps the earlier ones).
 
@@ -237,7 +228,7 @@ def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, 
     last = problem.config.epochs - 1
 
     def write(epoch, i_calc):
-        row = problem.summarize(i_calc, n_params)
+        row = objective.summary(i_calc, problem.obs, n_params, kind=problem.config.residual, free=problem.obs_free)
         entry = {"epoch": int(epoch), **{k: row[k] for k in ("wR_all", "R_obs", "GoF", "R_free", "wR_free")
                                           if k in row}}
         with open(path, "a") as fh:
@@ -248,9 +239,9 @@ def _epoch_monitor(path: Path, problem: Refinement, intensities, n_params: int, 
             if epoch >= 1 and (epoch - 1) % every == 0:
                 write(epoch - 1, i_before)
             if epoch == last:
-                write(epoch, intensities(params))
+                write(epoch, problem.intensities(params))
         elif epoch % every == 0 or epoch == last:
-            write(epoch, intensities(params))
+            write(epoch, problem.intensities(params))
 
     callback.from_intensities = True
     return callback
@@ -282,9 +273,7 @@ def _write_md(out: Path, *, title: str, crystal: Crystal, atoms: AtomParams, exp
     plots = list(plots) + [write_frame_plot(out, theta, stats["wR"])]
     frames = {"frame_id": list(experiment.frame_ids), "alpha_deg": theta, "thickness_A": np.asarray(thickness),
               "scale": np.asarray(scales), **stats}
-    direct = np.asarray(crystal.direct)
-    u_cart = np.einsum("ij,njk,lk->nil", direct, np.asarray(atoms.u_star), direct)
-    u_eq = np.trace(u_cart, axis1=1, axis2=2) / 3
+    u_eq = np.asarray(u_equivalent(atoms.u_star, crystal.direct))
     frac = np.asarray(atoms.frac)
     rows = []
     for j, label in enumerate(crystal.labels):
@@ -329,11 +318,32 @@ def evaluate(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch:
     return report
 
 
+class Refined(NamedTuple):
+    """A refined model's values for the outputs.
+
+    Attributes:
+        params: the refined parameters; atoms: the refined ASU (AtomParams).
+        thickness: (n_frames,) [Å]; i_calc: (n_frames, n_refl) unscaled intensities; scales: (n_frames,) the
+            paper-form closed-form scales of the work set.
+        summary: jaxed.refine.objective.summary (GoF with ``n_params``; R_free with a free set).
+        n_params: parameters counted for the GoF and the CIF (jaxed.refine.problem.count_parameters).
+    """
+
+    params: dict
+    atoms: AtomParams
+    thickness: np.ndarray
+    i_calc: np.ndarray
+    scales: np.ndarray
+    summary: dict
+    n_params: int
+
+
 def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings, config: RefineConfig,
            out: str | Path, *, resume: bool = False, progress: bool = True, true_thickness=None,
            settings: dict | None = None, inputs: dict | None = None, sigmas: dict | None = None) -> dict:
     """Run a refinement and write refined.cif, report.json, report.md, checkpoints and plots into ``out``
-    (``settings``: the effective settings, recorded in report.md and the CIF).
+    (``settings``: the effective settings, recorded in report.md and the CIF; ``sigmas``: s.u. to write instead of
+    those of a Gauss–Newton / LM refinement).
 
     Returns:
         {report, params, problem, atoms (refined), thickness (n_frames,) [Å], i_calc (n_frames, n_refl) unscaled,
@@ -342,49 +352,80 @@ def refine(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: B
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     problem = Refinement(crystal, atoms, experiment, bloch, config)
-    intensities = problem.intensities
-    n_params = count_parameters(problem)
+    # 1. refine
+    params, history, seconds = _run(problem, out, resume=resume, progress=progress)
+    refined = _refined(problem, params)
+    # 2. uncertainties: (JᵀWJ)⁻¹ GoF² at a least-squares minimum (jaxed.refine.uncertainty)
+    uncertainties = None
+    if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):
+        uncertainties = _uncertainties(problem, params)
+        sigmas = uncertainties.cif_sigmas()
+    # 3. outputs
+    report = _write_outputs(out, problem, refined, history, seconds, uncertainties, sigmas, settings=settings,
+                            inputs=inputs, true_thickness=true_thickness)
+    return {"report": report, "params": params, "problem": problem, "atoms": refined.atoms,
+            "thickness": refined.thickness, "i_calc": refined.i_calc, "scales": refined.scales}
+
+
+def _run(problem: Refinement, out: Path, *, resume: bool, progress: bool) -> tuple[dict, list, float]:
+    """run_refinement with the per-epoch R-factor table (``out/epochs.jsonl``, about 20 rows); (params, history,
+    seconds)."""
     epochs_file = out / "epochs.jsonl"
     if not resume and epochs_file.exists():
         epochs_file.unlink()
-    every = max(1, -(-config.epochs // 20))  # about 20 rows in the per-epoch table
+    every = max(1, -(-problem.config.epochs // 20))
+    n_params = count_parameters(problem.params0, problem.experiment.n_frames)
     t0 = time.perf_counter()
     params, history = run_refinement(problem, out, resume=resume, progress=progress,
-                                     callback=_epoch_monitor(epochs_file, problem, intensities, n_params, every))
-    seconds = history[-1]["seconds"] if history else time.perf_counter() - t0
-    refined = problem.atoms(params)
-    thickness = np.asarray(problem.frame_thickness(params))
-    i_calc = intensities(params)
-    summary = problem.summarize(i_calc, n_params)
-    uncertainties = None
-    if sigmas is None and config.optimizer in ("gn", "lm", "hybrid"):  # s.u. from (JᵀWJ)⁻¹ GoF² (jaxed.refine.uncertainty)
-        from jaxed.refine.uncertainty import standard_uncertainties
+                                     callback=_epoch_monitor(epochs_file, problem, n_params, every))
+    return params, history, (history[-1]["seconds"] if history else time.perf_counter() - t0)
 
-        uncertainties = standard_uncertainties(problem, params)
-        sigmas = uncertainties.cif_sigmas()
-    cif_info = {**summary, "n_params": n_params, "wavelength": float(_wavelength(experiment.energy_kev)),
-                "settings": settings}
+
+def _refined(problem: Refinement, params: dict) -> Refined:
+    """The refined model's atoms, thicknesses, intensities, scales and R factors (one forward evaluation)."""
+    n_params = count_parameters(problem.params0, problem.experiment.n_frames)
+    i_calc = problem.intensities(params)
+    summary = objective.summary(i_calc, problem.obs, n_params, kind=problem.config.residual, free=problem.obs_free)
+    return Refined(params=params, atoms=problem.atoms(params), thickness=np.asarray(problem.frame_thickness(params)),
+                   i_calc=np.asarray(i_calc), scales=np.asarray(objective.frame_scales(i_calc, problem.obs)),
+                   summary=summary, n_params=n_params)
+
+
+def _uncertainties(problem: Refinement, params: dict):
+    """Standard uncertainties of every refined group at ``params`` (dense Jacobian)."""
+    from jaxed.refine.lsq import make_least_squares
+    from jaxed.refine.uncertainty import standard_uncertainties
+
+    lsq = make_least_squares(problem.model, problem.obs, problem.config, jacobian="auto", matrix_free_above=10**9)
+    return standard_uncertainties(lsq, params, problem.structure)
+
+
+def _write_outputs(out: Path, problem: Refinement, refined: Refined, history: list, seconds: float, uncertainties,
+                   sigmas: dict | None, *, settings: dict | None, inputs: dict | None, true_thickness) -> dict:
+    """refined.cif, the plots, report.json and report.md of a refinement; returns the report dict."""
+    crystal, experiment, config = problem.crystal, problem.experiment, problem.config
+    cif_info = {**refined.summary, "n_params": refined.n_params,
+                "wavelength": float(_wavelength(experiment.energy_kev)), "settings": settings}
     mask = np.asarray(experiment.refl_mask)
     if mask.any():
         g = np.linalg.norm(np.asarray(experiment.refl_hkl)[mask] @ np.asarray(crystal.reciprocal).T, axis=1)
         cif_info["d_min"] = float(1 / g.max())
-    write_refined_cif(out / "refined.cif", crystal, refined, cif_info, thickness, experiment.frame_ids, sigmas=sigmas)
-    scales = np.asarray(objective.frame_scales(i_calc, problem.obs))
-    plots = write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), thickness,
-                        np.asarray(experiment.i_obs), np.asarray(i_calc) * scales[:, None],
-                        np.asarray(experiment.refl_mask), true_thickness)
-    extra = {"mode": "refine", "config": dataclasses.asdict(config), "n_params": n_params}
+    write_refined_cif(out / "refined.cif", crystal, refined.atoms, cif_info, refined.thickness, experiment.frame_ids,
+                      sigmas=sigmas)
+    plots = write_plots(out, history, np.rad2deg(np.asarray(experiment.theta)), refined.thickness,
+                        np.asarray(experiment.i_obs), refined.i_calc * refined.scales[:, None], mask, true_thickness)
+    extra = {"mode": "refine", "config": dataclasses.asdict(config), "n_params": refined.n_params}
     if uncertainties is not None:
         extra["uncertainties"] = uncertainties.report_dict()
-    if "orientation" in params:
-        extra["tilt_corrections_deg"] = np.rad2deg(np.asarray(params["orientation"])).tolist()
-    report = _report_dict(summary, experiment, thickness, history, seconds, extra)
+    if "orientation" in refined.params:
+        extra["tilt_corrections_deg"] = np.rad2deg(np.asarray(refined.params["orientation"])).tolist()
+    report = _report_dict(refined.summary, experiment, refined.thickness, history, seconds, extra)
     write_report(out / "report.json", report)
-    _write_md(out, title="jaxed refinement", crystal=crystal, atoms=refined, experiment=experiment, obs=problem.obs,
-              i_calc=i_calc, scales=scales, thickness=thickness, report=report, settings=settings, inputs=inputs,
-              epochs=_read_epochs(epochs_file, len(history)), plots=plots, sigmas=sigmas)
-    return {"report": report, "params": params, "problem": problem, "atoms": refined, "thickness": thickness,
-            "i_calc": np.asarray(i_calc), "scales": scales}
+    _write_md(out, title="jaxed refinement", crystal=crystal, atoms=refined.atoms, experiment=experiment,
+              obs=problem.obs, i_calc=refined.i_calc, scales=refined.scales, thickness=refined.thickness,
+              report=report, settings=settings, inputs=inputs,
+              epochs=_read_epochs(out / "epochs.jsonl", len(history)), plots=plots, sigmas=sigmas)
+    return report
 
 
 def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experiment, bloch: BlochSettings,
@@ -409,19 +450,20 @@ def search_orientations(crystal: Crystal, atoms: AtomParams, experiment: Experim
     if unknown:
         raise JaxedInputError(f"refine_orientation '{method}': expected one of {sorted(searches)}, or several "
                               "joined by '+'")
-    accepted = {m: set(inspect.signature(f).parameters) - {"problem", "params", "log"} for m, f in searches.items()}
+    accepted = {m: set(inspect.signature(f).parameters) - {"model", "params", "log", "obs"}
+                for m, f in searches.items()}
     stray = set(options) - set().union(*accepted.values())
     if stray:
         raise JaxedInputError(f"orientation search options {sorted(stray)}: no search takes them")
     config = dataclasses.replace(config, refine_orientation=False, r_free=0.0)
     losses = None
     for m in methods:
-        problem = Refinement(crystal, atoms, experiment, bloch, config)
-        before = orientation.frame_losses(problem, problem.params0) if losses is None else losses
-        corrected, _ = searches[m](problem, problem.params0, log=log,
-                                   **{k: v for k, v in options.items() if k in accepted[m]})
+        model = make_model(crystal, atoms, experiment, bloch, config)
+        params = model.init(jax.random.PRNGKey(config.seed))
+        before = orientation.frame_losses(model, params) if losses is None else losses
+        corrected, _ = searches[m](model, params, log=log, **{k: v for k, v in options.items() if k in accepted[m]})
         corrected = reselect_sample_beams(corrected, crystal)  # per-sample beam sets follow the new orientations
-        losses = orientation.frame_losses(problem, problem.params0, corrected)
+        losses = orientation.frame_losses(model, params, corrected)
         mis = orientation.misorientation_deg(corrected.base_orientation, experiment.base_orientation)
         log(f"orientation search ({m}): mean frame wR_all {np.mean(before):.4f} → {np.mean(losses):.4f}, "
             f"median correction {np.median(mis):.3f}°")

@@ -40,6 +40,8 @@ __all__ = [
     "expand_to_p1",
     "u_cif_to_u_star",
     "u_star_to_u_cif",
+    "u_equivalent",
+    "format_su",
     "write_structure_cif",
 ]
 
@@ -350,30 +352,61 @@ def expand_to_p1(crystal: Crystal, atoms: AtomParams, tol_a: float = 0.02) -> tu
                           occupancy=jnp.asarray(np.array(occ)))
 
 
+def u_equivalent(u_star, direct) -> jax.Array:
+    """U_eq [Å²] of each site, (n_asu,): a third of the trace of U_cart = A U* Aᵀ (PHYSICS.md §3.2).
+
+    Args:
+        u_star: (n_asu, 3, 3) U* of :class:`AtomParams` (dimensionless: U_ij scaled by a*_i a*_j).
+        direct: (3, 3) direct-lattice matrix A (columns a, b, c [Å]).
+    """
+    direct = jnp.asarray(direct)
+    u_cart = jnp.einsum("ij,njk,lk->nil", direct, jnp.asarray(u_star), direct)
+    return jnp.trace(u_cart, axis1=-2, axis2=-1) / 3.0
+
+
+def format_su(value: float, su: float | None, *, max_digits: int = 8, plain_digits: int = 6) -> str:
+    """CIF/IUCr notation of a value and its standard uncertainty, e.g. (0.46973, 0.00031) → '0.4697(3)'.
+
+    The s.u. is rounded to one significant digit, or two when the first digit is 1 (12 → '(12)', 0.00031 → '(3)'),
+    and the value to the same decimal place. Large s.u. (≥ 2) are written in units of the last integer digit
+    ('1230(20)' for 1234.5 ± 23, with the value rounded to the same place). A missing, zero or non-finite s.u. gives the
+    plain value with ``plain_digits`` decimals.
+    """
+    if not np.isfinite(value):
+        raise JaxedInputError(f"format_su: value {value} is not finite")
+    if su is None or not np.isfinite(su) or su <= 0:
+        return f"{value:.{plain_digits}f}"
+    digits = -math.floor(math.log10(su))  # decimal place of the first significant digit
+    half_up = lambda v: int(math.floor(v + 0.5))  # noqa: E731 - 2.5 → 3, not banker's 2
+    if half_up(su * 10.0**digits) >= 10:  # 0.0096 rounds to 0.010: first digit is one place higher
+        digits -= 1
+    if su * 10.0**digits < 2:  # leading 1 (s.u. 1.0–1.99 in these units): keep two digits (rule of 19)
+        digits += 1
+    digits = min(digits, max_digits)
+    if digits >= 0:
+        return f"{value:.{digits}f}({half_up(su * 10.0**digits)})"
+    unit = 10.0 ** (-digits)
+    return f"{round(value / unit) * unit:.0f}({half_up(su / unit) * int(unit)})"
+
+
 def write_structure_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, *,
-                        extra: dict[str, str] | None = None, sigmas: dict[str, np.ndarray] | None = None) -> None:
-    """Write the structure as a CIF that gemmi (and other programs) can read.
+                        extra: dict[str, str] | None = None, sigmas: dict[str, np.ndarray] | None = None,
+                        loops: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]] = ()) -> None:
+    """Write the structure as a CIF that gemmi (and other programs) can read, in one write.
 
     ``extra`` adds single-valued items (e.g. ``{"_refine_ls_wR_factor_all": "0.0123"}``). ``sigmas`` may give
-    standard uncertainties for 'frac' (n_asu, 3) and 'u_cif' (n_asu, 3, 3), written in the usual parentheses form.
+    standard uncertainties for 'frac' (n_asu, 3), 'u_cif' (n_asu, 3, 3) and 'u_eq' (n_asu,) [Å²], written in the
+    parenthesis notation of :func:`format_su`. ``loops`` appends loops as (tags, rows of values).
     """
     frac = np.asarray(atoms.frac)
     u_cif = np.asarray(u_star_to_u_cif(np.asarray(atoms.u_star), np.asarray(crystal.reciprocal)))
     occ = np.asarray(atoms.occupancy)
-    direct = np.asarray(crystal.direct)
-    u_cart = direct @ np.asarray(atoms.u_star) @ direct.T  # U_cart = A U* Aᵀ (PHYSICS.md §3.2)
-    u_eq = np.trace(u_cart, axis1=1, axis2=2) / 3.0
-    sig_frac = None if sigmas is None else sigmas.get("frac")
-    sig_u = None if sigmas is None else sigmas.get("u_cif")
+    u_eq = np.asarray(u_equivalent(atoms.u_star, crystal.direct))
+    sigmas = sigmas or {}
+    sig_frac, sig_u, sig_ueq = sigmas.get("frac"), sigmas.get("u_cif"), sigmas.get("u_eq")
 
-    def fmt(value: float, sigma: float | None = None) -> str:
-        if sigma is None or not np.isfinite(sigma) or sigma <= 0:
-            return f"{value:.6f}"
-        digits = -math.floor(math.log10(sigma))
-        if sigma * 10.0**digits < 2.0:  # one more digit when the su starts with 1 (rule of 19)
-            digits += 1
-        digits = min(max(digits, 0), 8)
-        return f"{value:.{digits}f}({int(round(sigma * 10 ** digits))})"
+    def fmt(value, sigma=None) -> str:
+        return format_su(float(value), None if sigma is None else float(sigma))
 
     a, b, c, al, be, ga = crystal.cell
     lines = [f"data_{crystal.name or 'jaxed'}", f"_cell_length_a {a:.5f}", f"_cell_length_b {b:.5f}",
@@ -393,7 +426,8 @@ def write_structure_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, *
     for j in range(len(crystal.labels)):
         xyz = " ".join(fmt(frac[j, k], None if sig_frac is None else sig_frac[j, k]) for k in range(3))
         adp = "Uani" if crystal.aniso[j] else "Uiso"
-        lines.append(f"{crystal.labels[j]} {crystal.site_elements[j]} {xyz} {u_eq[j]:.6f} {adp} {occ[j]:.4f}")
+        ueq = fmt(u_eq[j], None if sig_ueq is None else sig_ueq[j])
+        lines.append(f"{crystal.labels[j]} {crystal.site_elements[j]} {xyz} {ueq} {adp} {occ[j]:.4f}")
     if any(crystal.aniso):
         lines += ["", "loop_", "_atom_site_aniso_label", "_atom_site_aniso_U_11", "_atom_site_aniso_U_22",
                   "_atom_site_aniso_U_33", "_atom_site_aniso_U_23", "_atom_site_aniso_U_13", "_atom_site_aniso_U_12"]
@@ -404,6 +438,8 @@ def write_structure_cif(path: str | Path, crystal: Crystal, atoms: AtomParams, *
             s = None if sig_u is None else sig_u[j]
             vals = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
             lines.append(f"{crystal.labels[j]} " + " ".join(fmt(u[p], None if s is None else s[p]) for p in vals))
+    for tags, rows in loops:
+        lines += ["", "loop_", *tags] + [" ".join(str(v) for v in row) for row in rows]
     Path(path).write_text("\n".join(lines) + "\n")
 
 

@@ -10,9 +10,8 @@ g = Jᵀr, one iteration solves
 
 with λ = 0 for Gauss–Newton (then a pseudo-inverse, eigenvalues below ``rcond`` of the largest dropped, and a
 backtracking line search along δ) and λ > 0 adapted by the gain ratio ρ = ΔC_actual / ΔC_predicted for LM
-(Nielsen's rule, with a faster fall: accepted, λ ← λ·max(1/10, 1 − (2ρ − 1)³); rejected, λ ← λ·ν, ν ← 2ν — a
-rejection costs one cost evaluation here, the eigendecomposition is reused, so a small λ₀ = 1e-4 and a quick fall
-pay). The dense solve works in the scaled variables (D^(−½) JᵀJ D^(−½) has unit diagonal, so λ is dimensionless)
+(Nielsen's rule, with a faster fall: accepted, λ ← λ·max(1/10, 1 − (2ρ − 1)³); rejected, λ ← λ·ν, ν ← 2ν; a
+rejection costs one cost evaluation, the eigendecomposition being reused). The dense solve works in the scaled variables (D^(−½) JᵀJ D^(−½) has unit diagonal, so λ is dimensionless)
 and reuses one eigendecomposition per iteration for every λ tried.
 
 Jacobian (``jacobian='auto'``): forward mode (one JVP per parameter) unless there are more than REV_COST_RATIO
@@ -30,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +39,11 @@ from jax.flatten_util import ravel_pytree
 
 from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
+from jaxed.refine.problem import make_loss
+from jaxed.refine.checkpoints import RefinementDiverged, load_checkpoint, save_checkpoint, strong as _strong
 
-if TYPE_CHECKING:
-    from jaxed.refine.optimize import Refinement
-
-__all__ = ["LSQSettings", "LeastSquares", "least_squares", "run_least_squares", "hybrid"]
+__all__ = ["LSQSettings", "LeastSquares", "make_residuals", "make_least_squares", "refined_groups", "least_squares",
+           "run_least_squares", "hybrid"]
 
 JACOBIAN_MODES = ("auto", "fwd", "rev", "cg")
 REV_COST_RATIO = 4.0  # 'auto': reverse mode only above this many parameters per residual
@@ -87,48 +86,98 @@ class LSQSettings:
                                   f"damping = {self.damping}: expected max_iter ≥ 0, tolerances ≥ 0, damping > 0")
 
 
-def _refined_groups(problem: Refinement, groups) -> tuple[str, ...]:
+def refined_groups(config, params, groups=None) -> tuple[str, ...]:
+    """The parameter groups a least-squares run refines: ``groups``, or every group of ``params`` not frozen by
+    ``config.lr_groups`` (rate 0)."""
     if groups is None:
-        rates = dict(problem.config.lr_groups)
-        groups = tuple(g for g in problem.params0 if rates.get(g, problem.config.lr) != 0)
-    unknown = set(groups) - set(problem.params0)
+        rates = dict(config.lr_groups)
+        groups = tuple(g for g in params if rates.get(g, config.lr) != 0)
+    unknown = set(groups) - set(params)
     if unknown:
-        raise JaxedInputError(f"least squares: unknown parameter groups {sorted(unknown)} (have {sorted(problem.params0)})")
+        raise JaxedInputError(f"least squares: unknown parameter groups {sorted(unknown)} (have {sorted(params)})")
     return tuple(groups)
 
 
+def make_residuals(intensities: Callable, kind: str = "paper") -> Callable:
+    """``residuals(params, obs) -> (n_frames · n_refl,)``: the weighted residual vector of ``kind`` ('paper' or
+    'jana') of the intensities ``intensities(params) -> (n_frames, n_refl)`` at their closed-form frame scales,
+    normalised so that Σ r² = wR_all² (PHYSICS.md §7.1); masked entries are 0."""
+    def residuals(params, obs: objective.Observations) -> jax.Array:
+        i_calc = intensities(params)
+        k = objective.frame_scales(i_calc, obs, kind=kind)
+        return objective.residual_vector(k[:, None] * i_calc, obs, kind, normalize=True)
+
+    return residuals
+
+
+def model_tangent_bytes(model) -> Callable:
+    """``bytes(mode, dtype)``: memory of one JVP ('fwd') or VJP ('rev') of a refinement model's forward, all frames
+    (jaxed.model.batching.bytes_per_frame: a tangent carries about a forward's intermediates, a cotangent a
+    gradient's)."""
+    from jaxed.model import batching
+
+    exp = model.experiment
+
+    def size(mode: str, dtype) -> float:
+        complex_bytes = 16 if dtype == jnp.float64 else 8  # the parameters' precision is the model's
+        return exp.n_frames * batching.bytes_per_frame(exp.matrix_size, int(np.shape(exp.sample_rotations)[1]),
+                                                       gradient=mode == "rev", complex_bytes=complex_bytes,
+                                                       absorption=model.bloch.absorbing)
+
+    return size
+
+
+def make_least_squares(model, obs: objective.Observations, config, groups=None, *, jacobian: str | None = None,
+                       matrix_free_above: int = 3000) -> LeastSquares:
+    """The :class:`LeastSquares` of a refinement model (jaxed.refine.problem.make_model) on ``obs``: residuals of
+    ``config.residual``, the groups not frozen by ``config.lr_groups`` (or ``groups``), memory per tangent from the
+    model. ``jacobian`` defaults to ``config.lsq_jacobian``."""
+    if config.per_frame_mean or config.minibatch or config.thickness_samples > 1:
+        raise JaxedInputError("Gauss-Newton / LM need the plain wR_all of all frames: no per_frame_mean, "
+                              "minibatch or thickness_samples")
+    params = model.init(jax.random.PRNGKey(config.seed))
+    return LeastSquares(make_residuals(model.intensities, config.residual), params, obs,
+                        refined_groups(config, params, groups), kind=config.residual,
+                        jacobian=config.lsq_jacobian if jacobian is None else jacobian,
+                        matrix_free_above=matrix_free_above, tangent_bytes=model_tangent_bytes(model))
+
+
 class LeastSquares:
-    """The residual vector of a :class:`jaxed.refine.optimize.Refinement` over a flat vector of the refined groups.
+    """A residual function over a flat vector of the refined parameter groups, with its Jacobian.
 
     Args:
-        problem: the refinement problem (its model, data and ``config.residual``).
-        groups: top-level parameter groups refined (default: every group not frozen by ``lr_groups``); the others
-            are held fixed at the values passed to each call.
-        jacobian: 'auto' | 'fwd' | 'rev' | 'cg'.
+        residuals: ``residuals(params, obs) -> (n_residuals,)`` (e.g. :func:`make_residuals`), pure.
+        params: a parameter pytree ``{group: subtree}`` (its layout; the values are not used).
+        obs: the observations (shape of the residual vector; the default of :func:`least_squares`).
+        groups: top-level groups refined; the others are held fixed at the values passed to each call.
+        jacobian: 'auto' | 'fwd' | 'rev' | 'cg' (matrix-free conjugate gradients).
         matrix_free_above: 'auto' picks 'cg' above this many parameters.
+        tangent_bytes: ``bytes(mode, dtype)`` of one JVP / VJP (:func:`model_tangent_bytes`), to form J in chunks
+            that fit the memory; None: all at once.
+        kind: the residual kind of ``residuals`` when they are :func:`make_residuals`' ('paper' | 'jana'): fixes
+            the normalisation Σ r² = wR² that the covariance's χ² undoes (jaxed.refine.uncertainty).
     """
 
-    def __init__(self, problem: Refinement, groups=None, *, jacobian: str = "auto", matrix_free_above: int = 3000):
+    def __init__(self, residuals: Callable, params: dict, obs: objective.Observations, groups, *,
+                 jacobian: str = "auto", matrix_free_above: int = 3000, tangent_bytes: Callable | None = None,
+                 kind: str = "paper"):
         if jacobian not in JACOBIAN_MODES:
             raise JaxedInputError(f"jacobian '{jacobian}': expected one of {', '.join(JACOBIAN_MODES)}")
-        config = problem.config
-        if config.per_frame_mean or config.minibatch or config.thickness_samples > 1:
-            raise JaxedInputError("Gauss-Newton / LM need the plain wR_all of all frames: no per_frame_mean, "
-                                  "minibatch or thickness_samples")
-        self.problem = problem
-        self.kind = config.residual
-        self.groups = _refined_groups(problem, groups)
+        self.residual_fn, self.obs, self.tangent_bytes, self.kind = residuals, obs, tangent_bytes, kind
+        self._template = params
+        self.groups = tuple(groups)
         if not self.groups:
             raise JaxedInputError("least squares: every parameter group is frozen")
-        x0, self._unravel = ravel_pytree({g: problem.params0[g] for g in self.groups})
+        x0, self._unravel = ravel_pytree({g: params[g] for g in self.groups})
         self.n_params = int(x0.size)
-        self.n_residuals = int(np.prod(problem.obs.shape))
+        self.n_residuals = int(np.prod(obs.shape))
+        self.matrix_free_above = matrix_free_above
         if jacobian == "auto":
             if self.n_params > matrix_free_above:
                 jacobian = "cg"
             else:
-                # a reverse-mode row costs several forward-mode columns here (measured ≈ 7×: 48 vs 7 ms for the
-                # quartz test problem), so forward mode is kept until P > REV_COST_RATIO · N_residuals
+                # a reverse-mode row costs several forward-mode columns here (docs/OPTIMIZERS.md), so forward mode
+                # is kept until P > REV_COST_RATIO · N_residuals
                 jacobian = "fwd" if self.n_params <= REV_COST_RATIO * self.n_residuals else "rev"
         self.jacobian_mode = jacobian
         self.jacobian_chunk = self._chunk(jacobian, x0.dtype)
@@ -137,10 +186,16 @@ class LeastSquares:
         self.jacobian = jax.jit(self._fwd_jacobian if jacobian == "fwd" else self._rev_jacobian)
         self._cg_solve = jax.jit(self._cg_solve_impl, static_argnames=("max_iter", "tol"))
 
-    # One forward pass serves both r and J: the Bloch-wave eigh appears once in the program. (Computing r and
-    # jacfwd(r) separately put two independent batched LAPACK eigh calls in one XLA program; on a 2-core CPU
-    # each took one of the two intra-op pool threads and waited for batch tasks queued to that same pool — a
-    # deadlock in jaxlib 0.10.2's parallel batch map, seen as a GN/LM run hanging at 0 % CPU.)
+    def dense(self) -> LeastSquares:
+        """This residual function with a formed Jacobian ('fwd' or 'rev' by size, never 'cg'): itself when it has
+        one (for the covariance, which needs JᵀJ)."""
+        if self.jacobian_mode != "cg":
+            return self
+        return LeastSquares(self.residual_fn, self._template, self.obs, self.groups, jacobian="auto",
+                            matrix_free_above=10**9, tangent_bytes=self.tangent_bytes, kind=self.kind)
+
+    # One forward pass serves both r and J: the Bloch-wave eigh appears once in the program (two independent
+    # batched eigh calls in one program can deadlock the CPU intra-op pool: docs/OPTIMIZERS.md)
     def _fwd_jacobian(self, x, fixed, obs):
         r, jvp = jax.linearize(lambda y: self._residuals(y, fixed, obs), x)
         eye = jnp.eye(x.size, dtype=x.dtype)
@@ -157,18 +212,13 @@ class LeastSquares:
 
     def _chunk(self, mode: str, dtype) -> int:
         """JVPs (or VJPs) evaluated at once when J is formed: all of them when their working sets fit in
-        batching.MEMORY_FRACTION of the device memory, else chunks (``lax.map``). One tangent of the forward model
-        holds about a forward's intermediates (jaxed.model.batching.bytes_per_frame without the gradient, all frames); a
-        cotangent, a gradient's. (Without this, the s.u. of a 6 759-reflection paracetamol problem asked XLA for
-        1.5 TB.)"""
+        batching.MEMORY_FRACTION of the device memory, else chunks (``lax.map``; docs/OPTIMIZERS.md)."""
+        count = self.n_params if mode == "fwd" else self.n_residuals
+        if self.tangent_bytes is None:
+            return count
         from jaxed.model import batching
 
-        exp = self.problem.experiment
-        complex_bytes = 16 if dtype == jnp.float64 else 8  # the parameters' precision is the model's
-        per = exp.n_frames * batching.bytes_per_frame(exp.matrix_size, int(np.shape(exp.sample_rotations)[1]),
-                                                      gradient=mode == "rev", complex_bytes=complex_bytes,
-                                                      absorption=self.problem.bloch.absorbing)
-        count = self.n_params if mode == "fwd" else self.n_residuals
+        per = self.tangent_bytes(mode, dtype)
         budget = batching.MEMORY_FRACTION * batching.available_memory()
         return int(max(1, min(count, budget // max(per, 1))))
 
@@ -196,10 +246,8 @@ class LeastSquares:
 
     # ------------------------------------------------------------------------------------------------ residuals
     def _residuals(self, x: jax.Array, fixed: dict, obs: objective.Observations) -> jax.Array:
-        """Σ r² = wR_all² of the refined residual kind, closed-form scales included (PHYSICS.md §7.1)."""
-        i_calc = self.problem.intensities(self.merge(x, fixed))
-        k = objective.frame_scales(i_calc, obs, kind=self.kind)
-        return objective.residual_vector(k[:, None] * i_calc, obs, self.kind, normalize=True)
+        """The residual vector at the flat vector ``x`` with the fixed groups ``fixed``."""
+        return self.residual_fn(self.merge(x, fixed), obs)
 
     # ------------------------------------------------------------------------------------------ matrix-free step
     def _cg_solve_impl(self, x, fixed, obs, lam, key, max_iter: int, tol: float):
@@ -241,8 +289,7 @@ def _scaled_eigen(jtj: np.ndarray):
 def _dense_step(scale, w, v, g, lam, rcond):
     """δ of (JᵀJ + λD)δ = −g through the scaled eigendecomposition, eigenvalues < rcond·max dropped (λ = 0: the
     pseudo-inverse). The drop matters for LM too: a direction of (numerically) zero curvature has no gradient either,
-    but rounding leaves a component that 1/λ would turn into a huge step along a parameter the data do not see
-    (measured: CsPbBr₃ tilt model, |δ| ≈ 10³ at λ = 10⁻⁵, and LM stalled at 10× GN's wR)."""
+    but rounding leaves a component that 1/λ would turn into a huge step along a parameter the data do not see."""
     gs = v.T @ (scale * g)
     keep = w > rcond * w.max(initial=0.0)
     coef = np.where(keep, gs / np.where(keep, w + lam, 1.0), 0.0)
@@ -257,14 +304,14 @@ def least_squares(lsq: LeastSquares, x0, fixed: dict, obs: objective.Observation
     Args:
         lsq: the residual function and its Jacobian.
         x0: flat starting vector (``lsq.split(params)[0]``); fixed: the fixed groups.
-        obs: observations (default: the problem's work set).
+        obs: observations (default: ``lsq.obs``).
         callback: called as ``callback(iteration, x, entry)`` after each accepted step (entry: its history dict).
 
     Returns:
         :class:`LSQResult`; each history entry has the iteration, wR_all (= √(2C)), λ, the step length and whether
         the step was accepted.
     """
-    obs = lsq.problem.obs if obs is None else obs
+    obs = lsq.obs if obs is None else obs
     x = jnp.asarray(x0)
     cost = float(lsq.cost(x, fixed, obs))
     n_jac, n_eval = 0, 1
@@ -356,30 +403,36 @@ def least_squares(lsq: LeastSquares, x0, fixed: dict, obs: objective.Observation
 def settings_from_config(config) -> LSQSettings:
     """The :class:`LSQSettings` of a :class:`jaxed.refine.optimize.RefineConfig` ('hybrid' uses LM for the structure)."""
     method = "gn" if config.optimizer == "gn" else "lm"
-    return LSQSettings(method=method, jacobian=getattr(config, "lsq_jacobian", "auto"), max_iter=config.epochs,
-                       ftol=getattr(config, "lsq_ftol", 1e-8), damping=getattr(config, "lsq_damping", 1e-4))
+    return LSQSettings(method=method, jacobian=config.lsq_jacobian, max_iter=config.epochs, ftol=config.lsq_ftol,
+                       damping=config.lsq_damping)
 
 
 # ----------------------------------------------------------------------------------------------------- hybrid
-def hybrid(problem: Refinement, params: dict, *, cycles: int, adam_steps: int = 10, lm_steps: int = 1,
-           lr: float | None = None, settings: LSQSettings | None = None, callback: Callable | None = None):
+def hybrid(model, obs: objective.Observations, config, params: dict, *, cycles: int, adam_steps: int = 10,
+           lm_steps: int = 1, lr: float | None = None, settings: LSQSettings | None = None,
+           callback: Callable | None = None):
     """Alternate Adam on the thickness model (structure fixed) and LM on everything else (thickness fixed).
+
+    Args:
+        model: the refinement model (jaxed.refine.problem.make_model); obs: the work-set observations;
+            config: its RefineConfig (residual kind, lr / lr_groups); params: the starting parameters.
 
     Each cycle: ``adam_steps`` Adam steps on ``params['thickness']``, then ``lm_steps`` LM iterations on the other
     refined groups. The LM damping carries over between cycles. Returns (params, history, n_evaluations): cost
     evaluations of the LM trials plus Adam gradient steps; history entries carry the running counts of both and of
     the Jacobians (linearisations).
     """
-    config = problem.config
     rates = dict(config.lr_groups)
     lr = rates.get("thickness", config.lr) if lr is None else lr
     settings = settings or LSQSettings(method="lm")
-    others = tuple(g for g in _refined_groups(problem, None) if g != "thickness")
-    lsq = LeastSquares(problem, others, jacobian=settings.jacobian, matrix_free_above=settings.matrix_free_above)
+    others = tuple(g for g in refined_groups(config, params) if g != "thickness")
+    lsq = make_least_squares(model, obs, config, others, jacobian=settings.jacobian,
+                             matrix_free_above=settings.matrix_free_above)
+    loss = make_loss(model, obs, config)
     opt = optax.adam(lr)
 
     def thickness_loss(thk, rest):
-        return problem.loss({**rest, "thickness": thk})
+        return loss({**rest, "thickness": thk})
 
     @jax.jit
     def adam_step(thk, state, rest):
@@ -408,33 +461,36 @@ def hybrid(problem: Refinement, params: dict, *, cycles: int, adam_steps: int = 
         if result.history:
             damping = max(result.history[-1]["damping"], 1e-12)
         params = lsq.merge(jnp.asarray(result.x), fixed)
-        loss = float(np.sqrt(2 * float(lsq.cost(jnp.asarray(result.x), fixed, problem.obs))))
-        history.append({"iteration": cycle, "loss": loss, "damping": damping, "seconds": time.perf_counter() - t0,
+        loss_value = float(np.sqrt(2 * float(lsq.cost(jnp.asarray(result.x), fixed, obs))))
+        history.append({"iteration": cycle, "loss": loss_value, "damping": damping,
+                        "seconds": time.perf_counter() - t0,
                         "accepted": bool(result.history and result.history[-1]["accepted"]),
                         "evaluations": n_eval + n_grad, "jacobians": n_jac})
         if callback is not None:
-            callback(cycle, params, loss)
-        if len(history) > 1 and abs(history[-2]["loss"] - loss) <= settings.ftol * max(loss, 1e-300) and \
+            callback(cycle, params, loss_value)
+        if len(history) > 1 and abs(history[-2]["loss"] - loss_value) <= settings.ftol * max(loss_value, 1e-300) and \
                 result.reason in ("ftol", "xtol", "no decrease"):
             break
     return params, history, n_eval + n_grad
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def run_least_squares(problem: Refinement, out: str | Path | None = None, *, resume: bool = False,
-                      progress: bool = True, callback: Callable | None = None) -> tuple[dict, list]:
+def run_least_squares(model, obs: objective.Observations, config, params: dict, out: str | Path | None = None, *,
+                      free: objective.Observations | None = None, resume: bool = False, progress: bool = True,
+                      callback: Callable | None = None) -> tuple[dict, list]:
     """The 'gn' / 'lm' / 'hybrid' branch of :func:`jaxed.refine.optimize.run_refinement` (same outputs).
+
+    Args:
+        model: the refinement model; obs: the work set; config: its RefineConfig; params: the starting parameters;
+            free: the R_free set (its R factors join each history entry).
 
     ``config.epochs`` caps the iterations (hybrid: the cycles); the run stops earlier on convergence. History
     entries: {epoch, loss (wR_all of the work set after the step), seconds, damping} and, with an R_free set,
     R_obs, wR_all, R_free, wR_free. A checkpoint (params; the damping as state) is written at the end.
     """
-    from jaxed.refine.optimize import RefinementDiverged, _strong, load_checkpoint, save_checkpoint
-
-    config = problem.config
     out = None if out is None else Path(out)
-    params = _strong(problem.params0)
-    state = {"damping": jnp.asarray(float(getattr(config, "lsq_damping", 1e-4)))}
+    params = _strong(params)
+    state = {"damping": jnp.asarray(float(config.lsq_damping))}
     history: list = []
     if resume:
         if out is None or not (out / "checkpoint.npz").exists():
@@ -451,8 +507,9 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
         for key, before in counted.items():  # running counts, continued across --resume
             if key in extra:
                 entry[key] = before + int(extra[key])
-        if problem.obs_free is not None:
-            entry.update(problem.epoch_metrics(p))
+        if free is not None:
+            s = objective.summary(model.intensities(p), obs, kind=config.residual, free=free)
+            entry.update({k: s[k] for k in ("R_obs", "wR_all", "R_free", "wR_free")})
         history.append(entry)
         if progress:
             print(f"{config.optimizer} {start + i:4d}  wR_all {loss:.5f}" +
@@ -463,13 +520,14 @@ def run_least_squares(problem: Refinement, out: str | Path | None = None, *, res
     if config.optimizer == "hybrid":
         cycles = max(config.epochs - start, 0)
         log: list = []
-        params, hist, _ = hybrid(problem, params, cycles=cycles, adam_steps=getattr(config, "hybrid_adam_steps", 10),
+        params, hist, _ = hybrid(model, obs, config, params, cycles=cycles, adam_steps=config.hybrid_adam_steps,
                                  settings=settings, callback=lambda i, p, loss: log.append((i, p, loss)))
         for (i, p, loss), h in zip(log, hist):
             record(i, p, loss, h)
         final_damping = hist[-1]["damping"] if hist else settings.damping
     else:
-        lsq = LeastSquares(problem, jacobian=settings.jacobian, matrix_free_above=settings.matrix_free_above)
+        lsq = make_least_squares(model, obs, config, jacobian=settings.jacobian,
+                                 matrix_free_above=settings.matrix_free_above)
         x, fixed = lsq.split(params)
         settings = dataclasses.replace(settings, max_iter=max(config.epochs - start, 0))
         result = least_squares(lsq, x, fixed, None, settings, seed=config.seed,

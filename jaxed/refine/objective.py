@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # shape annotations only
 
 __all__ = ["Observations", "prepare_observations", "frame_scales", "wr_all_paper", "wr_all_jana", "r_obs", "r_all",
            "goodness_of_fit", "counts", "residual_vector", "loss", "summary", "frame_values", "RESIDUAL_KINDS",
-           "free_set_mask", "free_values", "free_summary"]
+           "free_set_mask", "free_values"]
 
 RESIDUAL_KINDS = ("paper", "jana")
 WEAK_FRACTION = 0.01  # I_obs < 0.01·σ(I_obs) is "weak"
@@ -331,7 +331,7 @@ def loss(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, *, kind: st
 
 
 def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params: int = 0, *,
-            kind: str = "paper") -> dict:
+            kind: str = "paper", free: Observations | None = None) -> dict:
     """R factors of unscaled model intensities, as python numbers (for reports; host side).
 
     Each wR is evaluated at its own closed-form scales (wR_all: paper scales; wR_all_jana and GoF: Jana scales);
@@ -341,9 +341,12 @@ def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params
     without an observed reflection are left out of the R_obs mean, frames without any observed intensity out of the
     wR_all mean.
 
+    With ``free`` (the R_free set held out of ``obs``, jaxed.refine.problem.make_observations) also R_free and
+    wR_free (:func:`free_values`) and the counts N_free_obs, N_free.
+
     Returns:
         {'R_obs', 'R_all', 'wR_all', 'wR_all_jana', 'GoF', 'R_obs_frame_mean', 'wR_all_frame_mean', 'N_obs', 'N_all',
-        'scales_kind', 'scales'}.
+        'scales_kind', 'scales'[, 'R_free', 'wR_free', 'N_free_obs', 'N_free']}.
     """
     _check_kind(kind)
     values = _summary_values(i_calc, obs, n_params, kind)
@@ -354,7 +357,12 @@ def summary(i_calc: Float[Array, "n_frames n_refl"], obs: Observations, n_params
         v = per_frame[name][per_frame[f"has_{name}"]]
         out[f"{name}_frame_mean"] = float(v.mean()) if v.size else 0.0
     scales = [float(x) for x in np.asarray(values["k"])]
-    return out | {"N_obs": n_obs, "N_all": n_all, "scales_kind": kind, "scales": scales}
+    out |= {"N_obs": n_obs, "N_all": n_all, "scales_kind": kind, "scales": scales}
+    if free is not None:
+        n_free_obs, n_free = counts(free)
+        out |= {k: float(v) for k, v in free_values(i_calc, obs, free, kind=kind).items()}
+        out |= {"N_free_obs": n_free_obs, "N_free": n_free}
+    return out
 
 
 def _l1_scale(f_obs: np.ndarray, f_calc: np.ndarray) -> float:
@@ -472,11 +480,3 @@ def free_values(i_calc: Float[Array, "n_frames n_refl"], obs_work: Observations,
     k = jnp.where(jnp.any(obs_work.mask, axis=-1), k_work, k_free)
     scaled = k[:, None] * jnp.where(obs_free.mask, i_calc, 0.0)
     return {"R_free": r_obs(scaled, obs_free), "wR_free": wr_all_paper(scaled, obs_free)}
-
-
-def free_summary(i_calc: Float[Array, "n_frames n_refl"], obs_work: Observations, obs_free: Observations, *,
-                 kind: str = "paper") -> dict:
-    """:func:`free_values` as python numbers with the counts N_free_obs, N_free (host side)."""
-    values = free_values(i_calc, obs_work, obs_free, kind=kind)
-    n_obs, n_all = counts(obs_free)
-    return {k: float(v) for k, v in values.items()} | {"N_free_obs": n_obs, "N_free": n_all}

@@ -8,13 +8,14 @@ frame's own wR_all (its scale in closed form), with the structure and thickness 
 * ``hexagonal``: the paper's two-angle scan C = R_z(φ) R_x(θ) R_z(−φ), φ in 60° steps, θ halved when no direction
   improves; all frames advance together (one batched evaluation per direction).
 * ``about_beam``: a scan of the rotation about the beam alone, C = R_z(ω), all frames batched (a coarse grid, then
-  ± steps halved like the hexagonal scan). Under rocking integration ω turns the rocking axis in the crystal; on
-  measured quartz its moves follow those of the three-angle Nelder–Mead (correlation 0.62 over 99 frames,
-  results/table2.md) at the cost of a few batched passes instead of one search per frame.
+  ± steps halved like the hexagonal scan). Under rocking integration ω turns the rocking axis in the crystal; a few
+  batched passes instead of one search per frame (how its moves compare with Nelder–Mead's: docs/OPTIMIZERS.md).
 * ``gradient``: the two beam-perpendicular tilts of every frame refined by gradient jointly (jaxed.refine.optimize with
   ``refine_orientation=True``); this module's :func:`gradient_tilts` does it with the structure frozen.
 
-All three return a new :class:`Experiment` whose ``base_orientation`` carries the corrections.
+All take the refinement model (jaxed.refine.problem.Model: its crystal, experiment, bloch, ``atoms(params)`` and
+``frame_thickness(params)``) and the parameters at which structure and thickness are held, and return a new
+:class:`Experiment` whose ``base_orientation`` carries the corrections.
 """
 from __future__ import annotations
 
@@ -50,13 +51,13 @@ def with_corrections(experiment: Experiment, corrections: np.ndarray) -> Experim
     return dataclasses.replace(experiment, base_orientation=base)
 
 
-def _moved(problem, experiment: Experiment, corrections: np.ndarray) -> Experiment:
+def _moved(model, experiment: Experiment, corrections: np.ndarray) -> Experiment:
     """``experiment`` with corrections applied and, with per-sample beam sets, each sample's beams selected at the
-    corrected orientation (host, ≈ 0.1 s for 99 quartz frames): a trial orientation is scored with the beams it
+    corrected orientation (host): a trial orientation is scored with the beams it
     excites, not those of the starting orientation. The padded size never shrinks below the starting one, so the
     trials of a search compile a kernel only when one needs more beams than any before it."""
     start = 0 if experiment.sample_beams is None else int(np.shape(experiment.sample_beams)[-1])
-    return reselect_sample_beams(with_corrections(experiment, corrections), problem.crystal, min_size=start)
+    return reselect_sample_beams(with_corrections(experiment, corrections), model.crystal, min_size=start)
 
 
 def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,12 +71,12 @@ def misorientation_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
 
-def _make_frame_loss(problem, atoms, obs):
+def _make_frame_loss(model, atoms, obs):
     """Jitted per-frame wR_all (paper form, closed-form scales) for an experiment of any frames; the Fourier
     coefficients of the (fixed) structure are computed once. The frames run in chunks when jaxed.model.batching's memory
     model says they do not all fit at once (the batched scans evaluate every frame in one call)."""
-    crystal, bloch = problem.crystal, problem.bloch
-    u_ext = potential_table(atoms, crystal, problem.experiment.beams, bloch)
+    crystal, bloch = model.crystal, model.bloch
+    u_ext = potential_table(atoms, crystal, model.experiment.beams, bloch)
     float64 = jnp.asarray(atoms.frac).dtype == jnp.float64
 
     @functools.partial(jax.jit, static_argnames="chunk")
@@ -92,19 +93,19 @@ def _make_frame_loss(problem, atoms, obs):
     return fn
 
 
-def frame_losses(problem, params, experiment: Experiment | None = None) -> np.ndarray:
-    """wR_all of every frame (n_frames,) for the problem's model at ``params``."""
-    experiment = problem.experiment if experiment is None else experiment
-    fn = _make_frame_loss(problem, problem.atoms(params), None)
-    return np.asarray(fn(experiment, problem.frame_thickness(params)))
+def frame_losses(model, params, experiment: Experiment | None = None) -> np.ndarray:
+    """wR_all of every frame (n_frames,) for the model's model at ``params``."""
+    experiment = model.experiment if experiment is None else experiment
+    fn = _make_frame_loss(model, model.atoms(params), None)
+    return np.asarray(fn(experiment, model.frame_thickness(params)))
 
 
-def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: float = 0.005,
+def hexagonal_scan(model, params, *, theta0_deg: float = 0.2, theta_min_deg: float = 0.005,
                    max_rounds: int = 40, log=None) -> tuple[Experiment, dict]:
     """The paper's two-angle scan for all frames at once; returns (corrected experiment, info)."""
-    exp = problem.experiment
-    fn = _make_frame_loss(problem, problem.atoms(params), None)
-    thickness = problem.frame_thickness(params)
+    exp = model.experiment
+    fn = _make_frame_loss(model, model.atoms(params), None)
+    thickness = model.frame_thickness(params)
     n = exp.n_frames
     corr = np.tile(np.eye(3), (n, 1, 1))
     theta = np.full(n, np.deg2rad(theta0_deg))
@@ -119,7 +120,7 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
         for phi in np.deg2rad(np.arange(0, 360, 60)):
             rot = np.stack([np.asarray(rotation_z(phi) @ rotation_x(t) @ rotation_z(-phi)) for t in theta])
             trial = np.einsum("fij,fjk->fik", rot, corr)
-            cand_loss.append(np.asarray(fn(_moved(problem, exp, trial), thickness)))
+            cand_loss.append(np.asarray(fn(_moved(model, exp, trial), thickness)))
             cand_rot.append(trial)
             evaluations += 1
         cand_loss = np.stack(cand_loss)  # (6, n)
@@ -134,23 +135,23 @@ def hexagonal_scan(problem, params, *, theta0_deg: float = 0.2, theta_min_deg: f
     return with_corrections(exp, corr), info
 
 
-def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_deg: float = 4.0,
+def about_beam_scan(model, params, *, grid_deg: float = 1.0, max_about_beam_deg: float = 4.0,
                     omega_min_deg: float = 0.05, max_rounds: int = 10, log=None) -> tuple[Experiment, dict]:
     """The rotation about the beam (lab z, ω) of every frame, scanned with all frames in each batched evaluation;
     returns (corrected experiment, info). First a grid ω ∈ {0, ±grid, ±2 grid, …} up to ±``max_about_beam_deg``, each
     frame keeping its best point; then ± steps from grid/2, kept while they improve and halved when neither does,
     down to ``omega_min_deg``, never beyond ±``max_about_beam_deg``. A still frame does not see ω (its excitation
     errors are unchanged, PHYSICS.md §8.1); under rocking integration ω turns the rocking axis in the crystal."""
-    exp = problem.experiment
-    fn = _make_frame_loss(problem, problem.atoms(params), None)
-    thickness = problem.frame_thickness(params)
+    exp = model.experiment
+    fn = _make_frame_loss(model, model.atoms(params), None)
+    thickness = model.frame_thickness(params)
     n = exp.n_frames
 
     def turns(omega_deg):
         return np.stack([np.asarray(rotation_z(w)) for w in np.deg2rad(omega_deg)])
 
     def losses(omega_deg):
-        return np.asarray(fn(_moved(problem, exp, turns(omega_deg)), thickness))
+        return np.asarray(fn(_moved(model, exp, turns(omega_deg)), thickness))
 
     def gains(trial):  # a real gain, not rounding (a still frame ties at every ω)
         return trial < best * (1 - 1e-9) - 1e-12
@@ -184,7 +185,7 @@ def about_beam_scan(problem, params, *, grid_deg: float = 1.0, max_about_beam_de
     return with_corrections(exp, corr), info
 
 
-def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
+def nelder_mead(model, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
                 max_about_beam_deg: float | None = None, frames=None, log=None) -> tuple[Experiment, dict]:
     """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info).
 
@@ -195,9 +196,9 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
     variable. A still frame does not see ω; under rocking integration it turns the rocking axis in the crystal, a
     per-frame freedom that can fit the data with in-plane errors of many degrees, which PETS2's indexing of each
     frame's spots rules out."""
-    exp = problem.experiment
-    fn = _make_frame_loss(problem, problem.atoms(params), None)
-    thickness = np.asarray(problem.frame_thickness(params))
+    exp = model.experiment
+    fn = _make_frame_loss(model, model.atoms(params), None)
+    thickness = np.asarray(model.frame_thickness(params))
     corr = np.tile(np.eye(3), (exp.n_frames, 1, 1))
     start, end, fevals = [], [], 0
     for i in (range(exp.n_frames) if frames is None else (int(f) for f in frames)):
@@ -212,7 +213,7 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
             return np.asarray(rotation_z(w) @ rotation_y(b) @ rotation_x(a))
 
         def f(angles):
-            return float(fn(_moved(problem, one, rotation(angles)[None]), t_i)[0])
+            return float(fn(_moved(model, one, rotation(angles)[None]), t_i)[0])
 
         simplex = np.vstack([np.zeros(3), np.eye(3) * initial_step_deg])
         res = minimize(f, np.zeros(3), method="Nelder-Mead",
@@ -227,21 +228,23 @@ def nelder_mead(problem, params, *, initial_step_deg: float = 0.1, xatol_deg: fl
     return with_corrections(exp, corr), info
 
 
-def gradient_tilts(problem, params, *, steps: int = 60, lr: float = 2e-4, angles: int = 2,
+def gradient_tilts(model, params, *, steps: int = 60, lr: float = 2e-4, angles: int = 2, obs=None,
                    log=None) -> tuple[Experiment, dict]:
     """Two tilts per frame (``angles=3``: and the rotation about the beam, jaxed.model.experiment.frame_orientations) by
-    Adam on the full loss, structure and thickness frozen."""
+    Adam on the RMS of the per-frame wR_all of ``obs`` (default: every observation of the model's experiment),
+    structure and thickness frozen."""
     import optax
 
-    atoms = problem.atoms(params)
-    thickness = problem.frame_thickness(params)
-    exp = problem.experiment
-    obs = problem.obs
+    atoms = model.atoms(params)
+    thickness = model.frame_thickness(params)
+    exp = model.experiment
+    if obs is None:
+        obs = objective.prepare_observations(jnp.asarray(exp.i_obs), jnp.asarray(exp.sigma), jnp.asarray(exp.refl_mask))
 
-    u_ext = potential_table(atoms, problem.crystal, exp.beams, problem.bloch)
+    u_ext = potential_table(atoms, model.crystal, exp.beams, model.bloch)
 
     def loss(tilts):
-        i_calc = intensities_from_table(u_ext, problem.crystal, exp, thickness, problem.bloch, tilts)
+        i_calc = intensities_from_table(u_ext, model.crystal, exp, thickness, model.bloch, tilts)
         return objective.loss(i_calc, obs, per_frame_mean=True)
 
     opt = optax.adam(lr)

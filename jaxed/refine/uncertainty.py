@@ -18,55 +18,27 @@ V(q) = G V(p) Gᵀ with G = ∂q/∂p from JAX (linear propagation). Correlation
 parameters (x, y, z, U_ij or U_iso, occupancy of each site, and the non-structural parameters when they are few);
 coordinates fixed by symmetry (zero s.u.) are left out and exact ±1 correlations of symmetry-tied pairs are flagged.
 
-Notation: :func:`format_su` writes 0.4697(3) with the s.u. in the last digits, one significant digit, two when the
+Notation: :func:`format_su` (jaxed.physics.crystal, re-exported here) writes 0.4697(3) with the s.u. in the last digits, one significant digit, two when the
 leading digit is 1 (the IUCr "rule of 19").
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
+from jaxed.model.parameters import StructureModel
+from jaxed.physics.crystal import format_su, u_equivalent
 from jaxed.refine.lsq import LeastSquares
-
-if TYPE_CHECKING:
-    from jaxed.refine.optimize import Refinement
 
 __all__ = ["format_su", "Uncertainties", "standard_uncertainties", "find_bonds"]
 
 _UIJ = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 _UIJ_NAMES = ("U11", "U22", "U33", "U23", "U13", "U12")
-
-
-def format_su(value: float, su: float | None, *, max_digits: int = 8, plain_digits: int = 6) -> str:
-    """CIF/IUCr notation of a value and its standard uncertainty, e.g. (0.46973, 0.00031) → '0.4697(3)'.
-
-    The s.u. is rounded to one significant digit, or two when the first digit is 1 (12 → '(12)', 0.00031 → '(3)'),
-    and the value to the same decimal place. Large s.u. (≥ 2) are written in units of the last integer digit
-    ('1230(20)' for 1234.5 ± 23, with the value rounded to the same place). A missing, zero or non-finite s.u. gives the
-    plain value with ``plain_digits`` decimals.
-    """
-    if not np.isfinite(value):
-        raise JaxedInputError(f"format_su: value {value} is not finite")
-    if su is None or not np.isfinite(su) or su <= 0:
-        return f"{value:.{plain_digits}f}"
-    digits = -math.floor(math.log10(su))  # decimal place of the first significant digit
-    half_up = lambda v: int(math.floor(v + 0.5))  # noqa: E731 - 2.5 → 3, not banker's 2
-    if half_up(su * 10.0**digits) >= 10:  # 0.0096 rounds to 0.010: first digit is one place higher
-        digits -= 1
-    if su * 10.0**digits < 2:  # leading 1 (s.u. 1.0–1.99 in these units): keep two digits (rule of 19)
-        digits += 1
-    digits = min(digits, max_digits)
-    if digits >= 0:
-        return f"{value:.{digits}f}({half_up(su * 10.0**digits)})"
-    unit = 10.0 ** (-digits)
-    return f"{round(value / unit) * unit:.0f}({half_up(su / unit) * int(unit)})"
 
 
 def find_bonds(crystal, frac: np.ndarray, *, tolerance: float = 1.15, max_length: float = 4.0) -> list[tuple]:
@@ -198,27 +170,25 @@ def _pinv_psd(a: np.ndarray, rcond: float) -> tuple[np.ndarray, int]:
     return inv * scale[:, None] * scale[None, :], int(np.sum(keep))
 
 
-def standard_uncertainties(problem: Refinement, params: dict, *, obs: objective.Observations | None = None,
-                           groups=None, rcond: float = 1e-10, bond_tolerance: float = 1.15,
-                           max_nonstructural: int = 12, lsq: LeastSquares | None = None) -> Uncertainties:
+def standard_uncertainties(lsq: LeastSquares, params: dict, structure: StructureModel, *,
+                           obs: objective.Observations | None = None, rcond: float = 1e-10,
+                           bond_tolerance: float = 1.15, max_nonstructural: int = 12) -> Uncertainties:
     """Covariance of the refined parameters at ``params`` and the s.u. of everything derived from them.
 
     Args:
-        problem: the refinement (model, work-set observations, residual kind).
+        lsq: the residual function of the refinement and the groups it refines
+            (jaxed.refine.lsq.make_least_squares); a matrix-free one is replaced by its dense twin (``lsq.dense()``).
+            The other groups are held fixed (their uncertainty is not propagated).
         params: refined parameters (at the minimum).
-        obs: observations (default: the problem's work set).
-        groups: parameter groups treated as refined (default: every group not frozen); the others are held fixed
-            (their uncertainty is not propagated).
+        structure: the structure parameterisation (``structure.atoms(params["structure"])``, its crystal).
+        obs: observations (default: ``lsq.obs``).
         rcond: relative eigenvalue cut-off of the pseudo-inverse.
         bond_tolerance: bonds are pairs closer than this × the sum of covalent radii.
         max_nonstructural: thickness / orientation parameters join the correlation matrix when there are at most
             this many (not for a thickness network).
-        lsq: a :class:`jaxed.refine.lsq.LeastSquares` of this problem to reuse (its compiled Jacobian); ``groups`` is then
-            ignored.
     """
-    obs = problem.obs if obs is None else obs
-    if lsq is None or lsq.jacobian_mode == "cg":
-        lsq = LeastSquares(problem, groups, jacobian="auto", matrix_free_above=10**9)
+    lsq = lsq.dense()
+    obs = lsq.obs if obs is None else obs
     x, fixed = lsq.split(params)
     r, jac = lsq.jacobian(x, fixed, obs)
     r, jac = np.asarray(r), np.asarray(jac)
@@ -234,25 +204,24 @@ def standard_uncertainties(problem: Refinement, params: dict, *, obs: objective.
     gof2 = chi2 / dof
     cov = cov0 * (float(r @ r) / dof)
 
-    crystal = problem.crystal
+    crystal = structure.crystal
     direct = jnp.asarray(crystal.direct)
     n_len = np.linalg.norm(np.asarray(crystal.reciprocal), axis=0)
-    atoms0 = problem.atoms(lsq.merge(x, fixed))
+    atoms0 = structure.atoms(lsq.merge(x, fixed)["structure"])
     bonds = find_bonds(crystal, np.asarray(atoms0.frac), tolerance=bond_tolerance)
     rot = jnp.asarray(np.asarray(crystal.rotations))
     trans = jnp.asarray(np.asarray(crystal.translations))
 
     def derived(xv):
-        atoms = problem.atoms(lsq.merge(xv, fixed))
+        atoms = structure.atoms(lsq.merge(xv, fixed)["structure"])
         frac = atoms.frac
         cart = frac @ direct.T
-        u_cart = jnp.einsum("ij,njk,lk->nil", direct, atoms.u_star, direct)  # U_cart = A U* Aᵀ (PHYSICS.md §3.2)
         u_cif = atoms.u_star / jnp.asarray(n_len[:, None] * n_len[None, :])[None]
-        u_eq = jnp.trace(u_cart, axis1=1, axis2=2) / 3.0
         dist = [jnp.linalg.norm(direct @ (rot[op] @ frac[j] + trans[op] + jnp.asarray(n, frac.dtype) - frac[i]))
                 for i, j, op, n in bonds]
         dist = jnp.stack(dist) if dist else jnp.zeros((0,), frac.dtype)
-        return {"frac": frac, "cart": cart, "u_cif": u_cif, "u_eq": u_eq, "occ": atoms.occupancy, "bonds": dist}
+        return {"frac": frac, "cart": cart, "u_cif": u_cif, "u_eq": u_equivalent(atoms.u_star, direct),
+                "occ": atoms.occupancy, "bonds": dist}
 
     values = jax.tree_util.tree_map(np.asarray, derived(jnp.asarray(x)))
     grads = jax.jacfwd(derived)(jnp.asarray(x))
@@ -279,7 +248,7 @@ def standard_uncertainties(problem: Refinement, params: dict, *, obs: objective.
     g_frac = g_frac.reshape(len(labels), 3, -1)
     g_u = g_u.reshape(len(labels), 3, 3, -1)
     g_occ = g_occ.reshape(len(labels), -1)
-    aniso = problem.structure.aniso
+    aniso = structure.aniso
     for j, lab in enumerate(labels):
         for k, axis in enumerate("xyz"):
             names.append(f"{lab}.{axis}")
@@ -294,7 +263,7 @@ def standard_uncertainties(problem: Refinement, params: dict, *, obs: objective.
             names.append(f"{lab}.Uiso")
             rows.append(g_ueq[j])
             vals.append(values["u_eq"][j])
-        if problem.structure.refine_occupancy:
+        if structure.refine_occupancy:
             names.append(f"{lab}.occ")
             rows.append(g_occ[j])
             vals.append(values["occ"][j])
