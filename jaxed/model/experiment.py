@@ -22,11 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxed.data.pets import frame_rotation
 from jaxed.physics.bloch import BlochSettings, frame_wavefunction, potential_table
 from jaxed.physics.constants import energy_from_wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.physics.geometry import BeamSet, _hkl_within, excitation_errors, make_beam_set, rotation_x, rotation_y, rotation_z
+from jaxed.physics.geometry import (BeamSet, excitation_errors, hkl_within, make_beam_set, rotation_x, rotation_x_jax,
+                                    rotation_y, rotation_y_jax, rotation_z, rotation_z_jax)
 
 __all__ = ["ExperimentSettings", "Experiment", "prepare_experiment", "integrated_intensities", "intensities_from_table",
            "frame_orientations", "take_frames", "reselect_sample_beams", "GEOMETRIES", "uses_precession"]
@@ -195,8 +197,7 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
     k = 1.0 / lam
     energy = settings.energy_kev if settings.energy_kev is not None else energy_from_wavelength(lam)
     n_frames = len(data.alpha)
-    base = np.stack([np.asarray(rotation_x(np.deg2rad(a)) @ rotation_y(np.deg2rad(b))) @ ub @ np.linalg.inv(recip_s)
-                     for a, b in zip(data.alpha, data.beta)])
+    base = np.stack([frame_rotation(a, b) @ ub @ np.linalg.inv(recip_s) for a, b in zip(data.alpha, data.beta)])
     if orientations is not None:
         orientations = np.asarray(orientations, dtype=np.float64)
         if orientations.shape != base.shape or not np.all(np.isfinite(orientations)):
@@ -211,7 +212,7 @@ def prepare_experiment(data, crystal: Crystal, settings: ExperimentSettings,
     if settings.quadrature != "midpoint" and not precession:
         weights = np.tile(_quadrature_nodes(settings.n_samples, settings.quadrature)[1], (n_frames, 1))
 
-    candidates = _hkl_within(ub, settings.g_max)  # |g| with the data's metric
+    candidates = hkl_within(ub, settings.g_max)  # |g| with the data's metric
     frame_index = np.asarray(data.frame_index)
     hkl_all = np.asarray(data.hkl, dtype=np.int64)
     beams, refl_rows = [], []
@@ -358,8 +359,8 @@ def tilt_matrices(tilt_corrections) -> jax.Array:
     if d.shape[-1] not in (2, 3):
         raise JaxedInputError(f"tilt corrections of shape {d.shape}: expected (n_frames, 2) or (n_frames, 3)")
     if d.shape[-1] == 3:
-        return jax.vmap(lambda a: rotation_x(a[0]) @ rotation_y(a[1]) @ rotation_z(a[2]))(d)
-    return jax.vmap(lambda a: rotation_x(a[0]) @ rotation_y(a[1]))(d)
+        return jax.vmap(lambda a: rotation_x_jax(a[0]) @ rotation_y_jax(a[1]) @ rotation_z_jax(a[2]))(d)
+    return jax.vmap(lambda a: rotation_x_jax(a[0]) @ rotation_y_jax(a[1]))(d)
 
 
 def frame_orientations(experiment: Experiment, tilt_corrections: jax.Array | None = None) -> jax.Array:
