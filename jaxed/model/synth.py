@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed.physics.bloch import BlochSettings
-from jaxed.physics.crystal import AtomParams, Crystal
+from jaxed.physics.crystal import AtomParams, Crystal, u_equivalent
 from jaxed.errors import JaxedInputError
 from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
 from jaxed.data.pets import PetsData, beam_uvw, frame_rotation
@@ -172,8 +172,7 @@ def random_start(model: StructureModel, params: dict, delta: float, *, seed: int
         new["u_chol"] = jnp.asarray(np.asarray(params["u_chol"]) * np.sqrt(1 + eps))
     if isotropic:
         atoms = model.atoms(new)
-        u_cart = np.einsum("ij,njk,lk->nil", direct, np.asarray(atoms.u_star), direct)
-        u_eq = np.trace(u_cart, axis1=1, axis2=2) / 3
+        u_eq = u_equivalent(np.asarray(atoms.u_star), direct)
         return {"xyz": new["xyz"], "u_iso": jnp.asarray(np.log(u_eq)), "u_chol": jnp.zeros((0, 6)),
                 **({"occ": new["occ"]} if "occ" in new else {})}
     return new
