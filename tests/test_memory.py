@@ -12,7 +12,7 @@ from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import load_structure
 from jaxed.app.demo import demo_files
 from jaxed.errors import JaxedInputError
-from jaxed.model.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, quadrature_nodes
 from jaxed.data.pets import read_pets
 
 
@@ -107,10 +107,10 @@ def test_gauss_legendre_quadrature(small):
     # Nodes in (−1, 1), weights summing to 1, exact for x^(2n−1) (mean of x^6 on [−1, 1] = 1/7 with n = 4, to 1e-14);
     # the midpoint default leaves sample_weights None (the plain mean, unchanged behaviour); the gauss weights are
     # attached per frame and the intensities stay finite and positive.
-    x, w = _quadrature_nodes(4, "gauss")
+    x, w = quadrature_nodes(4, "gauss")
     assert np.all(np.abs(x) < 1) and np.sum(w) == pytest.approx(1.0, abs=1e-14)
     assert np.sum(w * x**6) == pytest.approx(1 / 7, abs=1e-14)
-    xm, wm = _quadrature_nodes(4, "midpoint")
+    xm, wm = quadrature_nodes(4, "midpoint")
     assert np.allclose(xm, [-0.75, -0.25, 0.25, 0.75]) and np.allclose(wm, 0.25)
     crystal, atoms, data, exp, bloch = small
     assert exp.sample_weights is None
