@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed.model.batching import bytes_per_frame, frames_per_batch
+from jaxed.model.batching import bytes_per_frame, check_memory, estimate_beams, estimate_bytes, frames_per_batch
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import load_structure
 from jaxed.app.demo import demo_files
@@ -80,6 +80,23 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
     assert frames_per_batch(50, 160, 96, memory_bytes=20 * 1024**3, absorption=True, complex_bytes=8) == 18
     with pytest.raises(JaxedInputError, match=r"one frame needs ≈ 3\.9 GiB \(850 beams × 60 samples") as info:
         frames_per_batch(59, 850, 60, memory_bytes=4 * 1024**3)
+    assert "\n" not in str(info.value)
+
+
+def test_check_memory_uses_the_one_memory_model(small):
+    # The refusal before beam selection counts bytes with bytes_per_frame (exact equality of integers) at the
+    # estimated beam count, which is within a factor 2 of the beams the selection picks on the demo data; it refuses
+    # in one line stating the bytes, and passes when the memory holds them.
+    crystal, _, data, exp, _ = small
+    semi = float(np.max(data.precession_angle))
+    n_est = estimate_beams(crystal.volume, 1.4, 0.01, semi)
+    real = int(np.asarray(exp.beams.mask).sum(axis=1).max())
+    assert 0.5 < n_est / real < 2.0, (n_est, real)
+    need, n = estimate_bytes(crystal.volume, 1.4, 0.01, 3, 4, semi)
+    assert n == n_est and need == 3 * bytes_per_frame(int(np.ceil(n_est)), 4)
+    check_memory(crystal.volume, 1.4, 0.01, 3, 4, semi, available=need)
+    with pytest.raises(JaxedInputError, match=rf"3 frame\(s\) × 4 sample\(s\) need .* \({need} bytes") as info:
+        check_memory(crystal.volume, 1.4, 0.01, 3, 4, semi, available=need - 1)
     assert "\n" not in str(info.value)
 
 

@@ -110,5 +110,5 @@ def intensities_from_table(u_ext: jax.Array, crystal: Crystal, experiment: Exper
     if frames_per_batch is None or frames_per_batch >= n_frames:
         return jax.vmap(per_frame)(*args)
     # rematerialised: reverse mode through lax.map would otherwise keep every chunk's residuals for the backward pass,
-    # and the gradient's memory would not shrink with the chunk size at all (measured: tests/test_memory.py)
+    # and the gradient's memory would not shrink with the chunk size (tests/test_memory.py checks that it does)
     return jax.lax.map(jax.checkpoint(lambda a: per_frame(*a)), args, batch_size=int(frames_per_batch))

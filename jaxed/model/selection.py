@@ -40,15 +40,14 @@ class ExperimentSettings:
         g_max_refine: observed reflections used, |g| ≤ g_max_refine [Å⁻¹].
         g_min_refine: observed reflections used, |g| ≥ g_min_refine [Å⁻¹] (0: none): the low-resolution cut of
             SHELX/Jana (SHEL d_max), for reflections so close to the primary beam that its tail enters their
-            integration (CsPbBr₃: the forbidden 00±1 at 0.085 Å⁻¹ measured at the intensity of 004).
+            integration.
         sg_max_refine: observed reflections used, |s_g| ≤ this at the frame centre [Å⁻¹] (None: no cap).
         r_sg_max: observed reflections used, R_Sg ≤ this (None: no cap) (PHYSICS.md §5.2). R_Sg = |s_g|/Δs_g at the
             frame centre, Δs_g the half-range of s_g swept by the frame: |ds_g/dφ|·φ_semi = |g_y|·φ_semi for rotation
             about lab x (PHYSICS.md §5.4), |g_⊥|·sin α_p for precession.
         d_sg_min: observed reflections used, Δs_g − |s_g| > this [Å⁻¹] (None: no cap): the Bragg condition must be
             crossed with a margin, not at the frame's edge (Klar et al. 2023's D_Sg as diffBloch applies it; it
-            drops reflections near the rotation axis and reflections only grazed by a frame; quartz/CsPbBr₃:
-            0.0015). diffBloch measures the lever as the distance |(g_y, g_z)| from the axis; here it is |g_y|,
+            drops reflections near the rotation axis and reflections only grazed by a frame). diffBloch measures the lever as the distance |(g_y, g_z)| from the axis; here it is |g_y|,
             the exact first-order rate (the two differ by g_z ≈ |g|²/2K, < 1.3 % of |g| at 2 Å⁻¹ and 200 kV).
         n_samples: rocking-curve samples per frame.
         semi_angle_deg: integration semi-angle [deg]; None: the file's per-frame value (precession_angle column).
@@ -56,14 +55,14 @@ class ExperimentSettings:
         precession: None: from the file; True/False to force.
         energy_kev: None: from the data's wavelength.
         quadrature: rocking-curve quadrature of continuous-rotation frames: 'midpoint' (N equal sub-intervals, equal
-            weights) or 'gauss' (Gauss–Legendre nodes and weights on [−φ, φ]; exact for smooth integrands, but the
-            rocking curves of thick crystals are narrower than the sample spacing and the midpoint rule was
-            measured better: experiments/results/bench_quadrature.md). Precession cones always use equally spaced
-            azimuths (periodic integrand).
+            weights) or 'gauss' (Gauss–Legendre nodes and weights on [−φ, φ]; exact for smooth integrands, while
+            the rocking curves of thick crystals are narrower than the sample spacing: comparison in
+            experiments/results/bench_quadrature.md). Precession cones always use equally spaced azimuths
+            (periodic integrand).
         beam_selection: 'frame': one Bloch matrix per frame holding every beam with |s_g| ≤ sg_max at *any* sample
             (and every observed reflection), shared by all samples; 'sample': each rocking sample's matrix holds only
-            the beams with |s_g| ≤ sg_max at that sample (diffBloch's per-orientation selection) — N ≈ 40 instead of
-            ≈ 100 on quartz, ≈ 15× less work per sample. An observed reflection also enters the sample nearest its
+            the beams with |s_g| ≤ sg_max at that sample (diffBloch's per-orientation selection): smaller matrices
+            (docs/SPEED.md §7). An observed reflection also enters the sample nearest its
             Bragg condition, so none is identically zero. A beam outside a sample's set contributes I = 0 there.
     """
 

@@ -24,7 +24,8 @@ import numpy as np
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.crystal import AtomParams, Crystal, u_equivalent
 from jaxed.errors import JaxedInputError
-from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
+from jaxed.model.integrate import integrated_intensities
+from jaxed.model.selection import ExperimentSettings, prepare_experiment, uses_precession
 from jaxed.data.pets import PetsData, beam_uvw, frame_rotation
 from jaxed.physics.geometry import excitation_errors, hkl_within
 from jaxed.model.parameters import StructureModel
