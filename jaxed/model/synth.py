@@ -145,6 +145,7 @@ def write_sidecar(path: str | Path, frames, thickness: np.ndarray, **meta) -> No
 
 
 def read_sidecar(path: str | Path) -> dict:
+    """The JSON written by :func:`write_sidecar` (frame_id, alpha_deg [deg], thickness_A [Å], metadata)."""
     return json.loads(Path(path).read_text())
 
 

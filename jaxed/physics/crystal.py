@@ -164,15 +164,31 @@ def _cell_matrices(cell: gemmi.UnitCell) -> tuple[np.ndarray, np.ndarray]:
 
 
 def u_cif_to_u_star(u_cif: np.ndarray, reciprocal: np.ndarray) -> np.ndarray:
-    """U* = N U_cif N with N = diag(|a*|, |b*|, |c*|) (PHYSICS.md §3.2). ``u_cif`` (..., 3, 3) [Å²]."""
+    """U* = N U_cif N with N = diag(|a*|, |b*|, |c*|) (PHYSICS.md §3.2) (host, numpy).
+
+    Args:
+        u_cif: (..., 3, 3) CIF U_ij [Å²].  reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].
+
+    Returns:
+        (..., 3, 3) U* [–].
+    """
     n = np.linalg.norm(np.asarray(reciprocal), axis=0)
     return np.asarray(u_cif) * n[:, None] * n[None, :]
 
 
 def u_star_to_u_cif(u_star, reciprocal):
-    """Inverse of :func:`u_cif_to_u_star`; works on numpy or JAX arrays, (..., 3, 3) → [Å²]."""
-    n = jnp.linalg.norm(jnp.asarray(reciprocal), axis=0)
-    return u_star / jnp.broadcast_to(n[:, None] * n[None, :], jnp.shape(u_star))
+    """Inverse of :func:`u_cif_to_u_star`: U_cif = N⁻¹ U* N⁻¹.
+
+    Array operators only: numpy in → numpy out (CIF writing), JAX in → JAX out (traced derived quantities).
+
+    Args:
+        u_star: (..., 3, 3) [–].  reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].
+
+    Returns:
+        (..., 3, 3) CIF U_ij [Å²].
+    """
+    n = (reciprocal * reciprocal).sum(axis=0) ** 0.5
+    return u_star / (n[:, None] * n[None, :])
 
 
 def u_equivalent(u_star, direct):
