@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxed.model.batching import bytes_per_frame, frames_per_batch
+from jaxed.model.batching import bytes_per_frame, check_memory, estimate_beams, estimate_bytes, frames_per_batch
 from jaxed.physics.bloch import BlochSettings
 from jaxed.errors import JaxedInputError
-from jaxed.model.experiment import ExperimentSettings, _quadrature_nodes, integrated_intensities, prepare_experiment
+from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, quadrature_nodes
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,23 @@ def test_frames_per_batch_fits_or_says_how_much_is_needed():
     assert "\n" not in str(info.value)
 
 
+def test_check_memory_uses_the_one_memory_model(small):
+    # The refusal before beam selection counts bytes with bytes_per_frame (exact equality of integers) at the
+    # estimated beam count, which is within a factor 2 of the beams the selection picks on the demo data; it refuses
+    # in one line stating the bytes, and passes when the memory holds them.
+    crystal, _, data, exp, _ = small
+    semi = float(np.max(data.precession_angle))
+    n_est = estimate_beams(crystal.volume, 1.4, 0.01, semi)
+    real = int(np.asarray(exp.beams.mask).sum(axis=1).max())
+    assert 0.5 < n_est / real < 2.0, (n_est, real)
+    need, n = estimate_bytes(crystal.volume, 1.4, 0.01, 3, 4, semi)
+    assert n == n_est and need == 3 * bytes_per_frame(int(np.ceil(n_est)), 4)
+    check_memory(crystal.volume, 1.4, 0.01, 3, 4, semi, available=need)
+    with pytest.raises(JaxedInputError, match=rf"3 frame\(s\) × 4 sample\(s\) need .* \({need} bytes") as info:
+        check_memory(crystal.volume, 1.4, 0.01, 3, 4, semi, available=need - 1)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.slow  # ~35 s on 2 cores: run with -m slow
 def test_chunked_frames_equal_one_vmapped_call(small):
     # lax.map over chunks of 2 frames (5 frames: chunks 2, 2, + remainder 1) = one vmap over all: intensities to rtol
@@ -101,10 +118,10 @@ def test_gauss_legendre_quadrature(small):
     # Nodes in (−1, 1), weights summing to 1, exact for x^(2n−1) (mean of x^6 on [−1, 1] = 1/7 with n = 4, to 1e-14);
     # the midpoint default leaves sample_weights None (the plain mean, unchanged behaviour); the gauss weights are
     # attached per frame and the intensities stay finite and positive.
-    x, w = _quadrature_nodes(4, "gauss")
+    x, w = quadrature_nodes(4, "gauss")
     assert np.all(np.abs(x) < 1) and np.sum(w) == pytest.approx(1.0, abs=1e-14)
     assert np.sum(w * x**6) == pytest.approx(1 / 7, abs=1e-14)
-    xm, wm = _quadrature_nodes(4, "midpoint")
+    xm, wm = quadrature_nodes(4, "midpoint")
     assert np.allclose(xm, [-0.75, -0.25, 0.25, 0.75]) and np.allclose(wm, 0.25)
     crystal, atoms, data, exp, bloch = small
     assert exp.sample_weights is None

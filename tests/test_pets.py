@@ -10,13 +10,15 @@ import warnings
 from pathlib import Path
 
 import gemmi
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import shared_file
 from jaxed.errors import JaxedInputError
-from jaxed.data.pets import (PetsData, beam_uvw, cell_from_ub, check_cell_match, excitation_errors, frame_rotation,
-                        read_pets, rotation_x, rotation_y, rotation_z, write_pets)
+from jaxed.data.pets import PetsData, beam_uvw, cell_from_ub, check_cell_match, frame_rotation, read_pets, write_pets
+from jaxed.physics.geometry import (excitation_errors, rotation_x, rotation_x_jax, rotation_y, rotation_y_jax, rotation_z,
+                                    rotation_z_jax)
 
 REAL = ["pets/cspbbr3_suresh2024.cif_pets", "pets/paracetamol_formII.cif_pets", "pets/quartz_dials_dyn.cif_pets",
         "pets/quartz_suresh2024.cif_pets"]
@@ -49,16 +51,23 @@ def _angle_between_deg(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def test_rotations_are_active_right_handed_and_vectorised():
     ex, ey, ez = np.eye(3)
-    # 90° about x takes y to z, about y takes z to x, about z takes x to y (right-handed, active); atol 1e-15.
-    np.testing.assert_allclose(rotation_x(90.0) @ ey, ez, atol=1e-15)
-    np.testing.assert_allclose(rotation_y(90.0) @ ez, ex, atol=1e-15)
-    np.testing.assert_allclose(rotation_z(90.0) @ ex, ey, atol=1e-15)
+    # 90° (π/2 rad) about x takes y to z, about y takes z to x, about z takes x to y (right-handed, active);
+    # atol 1e-15.
+    np.testing.assert_allclose(rotation_x(np.pi / 2) @ ey, ez, atol=1e-15)
+    np.testing.assert_allclose(rotation_y(np.pi / 2) @ ez, ex, atol=1e-15)
+    np.testing.assert_allclose(rotation_z(np.pi / 2) @ ex, ey, atol=1e-15)
+    # frame_rotation takes the file's degrees: 90° about x also takes y to z
+    np.testing.assert_allclose(frame_rotation(90.0, 0.0) @ ey, ez, atol=1e-15)
     angles = np.array([-37.0, 0.0, 12.5])
     stacked = frame_rotation(angles, angles / 3)
     assert stacked.shape == (3, 3, 3)
     for r, a in zip(stacked, angles):
         # array input equals the scalar call; proper rotation (RᵀR = 1, det = +1); atol 1e-14 (rounding).
-        np.testing.assert_allclose(r, rotation_x(a) @ rotation_y(a / 3), atol=1e-14)
+        np.testing.assert_allclose(r, frame_rotation(a, a / 3), atol=1e-14)
+        # the traced (jax.numpy) rotations equal the host ones (1e-15: same arithmetic)
+        t = np.deg2rad(a)
+        for host, traced in ((rotation_x, rotation_x_jax), (rotation_y, rotation_y_jax), (rotation_z, rotation_z_jax)):
+            np.testing.assert_allclose(np.asarray(traced(jnp.asarray(t))), host(t), atol=1e-15)
         np.testing.assert_allclose(r.T @ r, np.eye(3), atol=1e-14)
         assert abs(np.linalg.det(r) - 1.0) < 1e-14
 
@@ -93,14 +102,15 @@ def test_excitation_error_is_zero_on_the_ewald_sphere_and_positive_inside():
     g = np.array([0.3, 0.0, k - np.sqrt(k**2 - 0.3**2)])  # |g − Kẑ| = K
     ub = np.diag([g[0], 1.0, 1.0])
     ub[2, 0] = g[2]  # UB·(1,0,0) = g
-    assert abs(excitation_errors(ub, 0.0, 0.0, [[1, 0, 0]], lam)[0]) < 1e-12
+    h = np.array([1.0, 0.0, 0.0])
+    assert abs(excitation_errors(frame_rotation(0.0, 0.0) @ ub @ h, k)) < 1e-12
     inside = ub.copy()
     inside[2, 0] += 1e-3
-    assert excitation_errors(inside, 0.0, 0.0, np.array([[1, 0, 0]]), lam)[0] > 0
-    # per-reflection angles broadcast with hkl rows (1e-15: same arithmetic)
-    hkl = np.array([[1, 0, 0], [1, 0, 0]])
-    both = excitation_errors(ub, np.array([0.0, 5.0]), np.array([0.0, 0.0]), hkl, lam)
-    np.testing.assert_allclose(both[1], excitation_errors(ub, 5.0, 0.0, hkl[:1], lam)[0], atol=1e-15)
+    assert excitation_errors(frame_rotation(0.0, 0.0) @ inside @ h, k) > 0
+    # tilted by α = 5° about x the point leaves the sphere: g_z' = g_z cos α with |g| unchanged and |g|²/2K = g_z,
+    # so s_g = −g_z (1 − cos α) < 0 (1e-12 Å⁻¹, exact geometry)
+    tilted = excitation_errors(frame_rotation(5.0, 0.0) @ ub @ h, k)
+    assert tilted == pytest.approx(-g[2] * (1 - np.cos(np.deg2rad(5.0))), abs=1e-12)
 
 
 def test_check_cell_match():
@@ -154,9 +164,7 @@ def test_listed_reflections_sit_on_the_ewald_sphere_of_electrons_along_minus_z(r
     k = 1.0 / data.wavelength
     g = np.einsum("nij,jk,nk->ni", data.rotations()[data.frame_index], data.ub, data.hkl.astype(float))
     g2 = np.sum(g * g, axis=1)
-    s_minus = excitation_errors(data.ub, data.alpha[data.frame_index], data.beta[data.frame_index], data.hkl,
-                                data.wavelength)
-    np.testing.assert_allclose(s_minus, g[:, 2] - g2 / (2 * k), atol=1e-12)  # same formula, Å⁻¹
+    s_minus = excitation_errors(g, k)
     s_plus = -g[:, 2] - g2 / (2 * k)
     frames = [np.nonzero(data.frame_index == i)[0] for i in range(data.n_frames)]
     frames = [rows for rows in frames if len(rows) >= 5]

@@ -130,6 +130,31 @@ def test_take_frames_keeps_the_sample_sets(demo):
                                atol=1e-12 * np.abs(full[2]).max())
 
 
+def test_take_frames_is_one_generic_take_along_the_frame_axis(demo):
+    # Every per-frame array is indexed along axis 0 and the shared coupling table is kept (exact equality); host
+    # indices, slices and boolean masks give the same subset and renumber the static frame ids; traced indices
+    # (a minibatch under jit) give the same arrays and keep the ids.
+    crystal, _, data = demo
+    exp = prepare_experiment(data, crystal, dataclasses.replace(BASE, g_max=0.8, g_max_refine=0.8))
+    sub = take_frames(exp, [2, 0])
+    assert sub.frame_ids == (exp.frame_ids[2], exp.frame_ids[0]) and sub.n_frames == 2
+    np.testing.assert_array_equal(np.asarray(sub.beams.hkl_unique), np.asarray(exp.beams.hkl_unique))
+    np.testing.assert_array_equal(np.asarray(sub.beams.hkl), np.asarray(exp.beams.hkl)[[2, 0]])
+    np.testing.assert_array_equal(np.asarray(sub.sample_beams), np.asarray(exp.sample_beams)[[2, 0]])
+    by_slice, by_mask = take_frames(exp, slice(1, 3)), take_frames(exp, np.array([False, True, True]))
+    assert by_slice.frame_ids == by_mask.frame_ids == exp.frame_ids[1:3]
+    for a, b in zip(jax.tree_util.tree_leaves(by_slice), jax.tree_util.tree_leaves(by_mask)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    traced = jax.jit(take_frames)(exp, jnp.array([2, 0]))
+    assert traced.frame_ids == exp.frame_ids
+    for a, b in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(sub)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a plain pytree of per-frame arrays (e.g. observations and tilts) is taken the same way
+    pair = take_frames((np.asarray(exp.i_obs), np.asarray(exp.theta)), [1])
+    np.testing.assert_array_equal(np.asarray(pair[0]), np.asarray(exp.i_obs)[[1]])
+    np.testing.assert_array_equal(np.asarray(pair[1]), np.asarray(exp.theta)[[1]])
+
+
 def test_per_sample_gradient_matches_finite_differences(demo):
     # d/d(positions, ADPs, thickness) of Σ w·I along a random direction vs central differences (h = 1e-6):
     # rtol 1e-6 (float64). The gathers and the scatter back to the frame's beams are part of the derivative.

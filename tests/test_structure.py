@@ -1,13 +1,15 @@
 """Crystal input, form factors and potential coefficients against golden values (docs/PHYSICS.md §1–3)."""
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import ROOT, shared_file
 from jaxed.physics.constants import interaction_constant, relativistic_gamma, wavelength
-from jaxed.physics.crystal import AtomParams, expand_to_p1, iso_u_star, load_structure, write_structure_cif
+from jaxed.physics.crystal import (AtomParams, expand_to_p1, iso_u_star, load_structure, u_equivalent,
+                                  write_structure_cif)
 from jaxed.errors import JaxedInputError
 from jaxed.physics.potential import potential_coefficients, potential_volts
 from jaxed.physics.scattering import debye_waller, form_factor, form_factor_coefficients
@@ -54,11 +56,16 @@ def test_si_form_factor_golden_values(kind, column):
     assert np.all(np.abs(f - expected) <= np.where(g == 0.318, 5e-3, 5e-4)), (f, expected)
 
 
-def test_peng_fed_wrong_argument_would_fail():
-    # The test above would catch feeding |g| where s = |g|/2 is expected: f(|g| = 1) would be 0.2701, not 0.7425.
+def test_peng_form_factor_matches_gemmi_at_its_own_argument():
+    # Golden values computed with gemmi 0.7.5, gemmi.Element('Si').c4322.calculate_sf(stol2) at stol2 = (|g|/2)²
+    # (ITC C Table 4.3.2.2 takes s = sinθ/λ = |g|/2): |g| [Å⁻¹] → f_e [Å]. gemmi evaluates in float32, so the
+    # tolerance is 1e-6 relative. Feeding |g| where s is expected would give f(|g| = 1) = 0.2701 (the 2.0 row), not
+    # 0.7425, and fail here.
+    golden = {0.5: 1.9692360162734985, 1.0: 0.742519736289978, 2.0: 0.27005258202552795, 3.0: 0.13291721045970917}
     a, b = form_factor_coefficients(["Si"], "peng")
-    wrong = float(np.sum(a * np.exp(-b * 1.0**2)))
-    assert abs(wrong - 0.7425) > 0.3
+    g = np.array(sorted(golden))
+    f = np.asarray(form_factor(jnp.asarray(g**2), jnp.asarray(a), jnp.asarray(b), "peng"))[0]
+    np.testing.assert_allclose(f, [golden[x] for x in sorted(golden)], rtol=1e-6)
 
 
 def test_silicon_potential_golden_values():
@@ -88,6 +95,53 @@ def test_gaas_potential_golden_values():
     u111 = np.asarray(potential_coefficients(atoms, crystal, np.array([[1, 1, 1], [-1, -1, -1]]), 1.0))
     assert abs(u111[0].imag) > 1e-3 * abs(u111[0])
     np.testing.assert_allclose(u111[1], np.conj(u111[0]), rtol=1e-13)
+
+
+def test_u_equivalent_golden_values():
+    # U_eq = tr(A U* Aᵀ)/3 [Å²] against the U_iso_or_equiv that the authors' programs printed beside the U_ij:
+    # CsPbBr₃ Pbnm (shared/data/structures/cspbbr3_Pbnm.cif, CCDC; SHELXL) 0.0375(3), 0.01530(10), 0.0272(2),
+    # 0.0353(4) — tolerance half the last printed digit (orthorhombic: the mean of U11, U22, U33);
+    # quartz P3₂21 O1 (shared/data/structures/quartz_P3221.cif, diffBloch) 0.015829, tolerance 5e-7 — a hexagonal
+    # cell, where U_eq = ((4/3)(U11 + U22 − U12) + U33)/3 needs the metric and the U12 term. (That file's Si1 value,
+    # 0.009208, disagrees with its own U_ij, which give 0.009568 by the same formula; it is not used.)
+    crystal, atoms = load_structure(shared_file("structures/cspbbr3_Pbnm.cif"))
+    u_eq = u_equivalent(np.asarray(atoms.u_star), np.asarray(crystal.direct))
+    assert np.all(np.abs(u_eq - [0.0375, 0.01530, 0.0272, 0.0353]) <= [5e-5, 5e-6, 5e-5, 5e-5]), u_eq
+    quartz, q_atoms = load_structure(shared_file("structures/quartz_P3221.cif"))
+    u_o = float(u_equivalent(np.asarray(q_atoms.u_star), np.asarray(quartz.direct))[1])
+    assert u_o == pytest.approx(0.015829, abs=5e-7)
+    # an isotropic site (U* = U_iso G*) has U_eq = U_iso in any cell (triclinic here), tolerance 1e-15 Å²; the JAX
+    # evaluation equals the numpy one (1e-16 Å²)
+    cif = SI_ORIGIN2.replace("_cell_angle_alpha 90", "_cell_angle_alpha 81").replace(
+        "_cell_angle_gamma 90", "_cell_angle_gamma 103").replace("'F d -3 m :2'", "'P 1'")
+    tri, _ = load_structure("tri", cif_text=cif)
+    u_iso = np.asarray(iso_u_star(np.array([0.013, 0.02]), tri))
+    np.testing.assert_allclose(u_equivalent(u_iso, np.asarray(tri.direct)), [0.013, 0.02], atol=1e-15)
+    np.testing.assert_allclose(np.asarray(u_equivalent(jnp.asarray(u_iso), jnp.asarray(tri.direct))), [0.013, 0.02],
+                               atol=1e-16)
+
+
+def test_centricity_is_static_and_decided_on_the_host():
+    # NaCl (Fm-3m, origin at the centre) is centric at the origin, GaAs (F-43m) is not, and the P1 expansion is not.
+    # The flag is a static field: a crystal passed through jit as a traced argument keeps it, so the real-arithmetic
+    # potential table (jaxed.physics.bloch) is chosen from it, never from traced operations.
+    from jaxed.physics.bloch import centric_at_origin
+
+    nacl, _ = load_structure(SIMPLE, block="NaCl")
+    gaas, gaas_atoms = load_structure(SIMPLE, block="GaAs")
+    assert nacl.centric and not gaas.centric and not expand_to_p1(gaas, gaas_atoms)[0].centric
+    seen = []
+
+    @jax.jit
+    def traced(crystal):
+        seen.append((isinstance(crystal.rotations, jax.core.Tracer), centric_at_origin(crystal)))
+        return jnp.sum(crystal.rotations)
+
+    traced(nacl)
+    assert seen == [(True, True)]
+    # a host crystal whose operations contradict the flag is refused
+    with pytest.raises(ValueError, match="centric"):
+        dataclasses.replace(nacl, translations=np.asarray(nacl.translations) + np.array([0.25, 0.0, 0.0]))
 
 
 def test_isotropic_limit_of_anisotropic_debye_waller():

@@ -5,8 +5,9 @@ tilt; frame i has R_i = R_x(α_i) R_y(β_i) (active, right-handed, degrees in th
 electrons travel along lab −z, so s_g = g_z − |g|²/(2K) with K = 1/λ; the tabulated zone axis [uvw] satisfies
 A·uvw ∥ R_iᵀ ẑ with A = inv(UB)ᵀ (columns a, b, c): it points from the crystal towards the source.
 
-This module is numpy only. Its rotation helpers take degrees (the unit of the file), unlike
-:mod:`jaxed.physics.geometry`, whose rotations take radians.
+This module is numpy only (host side). Angles are degrees here because the file states them in degrees; they are
+converted to radians once, in :func:`frame_rotation`, and the rotations themselves are those of
+:mod:`jaxed.physics.geometry` (radians), as are the excitation errors (:func:`jaxed.physics.geometry.excitation_errors`).
 
 Every problem with a file is a :class:`~jaxed.errors.JaxedInputError` with a one-line message naming the file and
 the tag (or loop row) at fault. Soft inconsistencies (UB cell vs ``_cell_*``, wavelength vs a stated voltage, a
@@ -23,19 +24,16 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from jaxed.physics.constants import wavelength as _wavelength_from_kv
 from jaxed.errors import JaxedInputError
+from jaxed.physics.constants import wavelength as _wavelength_from_kv
+from jaxed.physics.geometry import rotation_x, rotation_y
 
 __all__ = [
     "PetsData",
     "read_pets",
     "write_pets",
-    "rotation_x",
-    "rotation_y",
-    "rotation_z",
     "frame_rotation",
     "beam_uvw",
-    "excitation_errors",
     "cell_from_ub",
     "check_cell_match",
 ]
@@ -58,42 +56,15 @@ _UVW_WARN_DEG = 0.1  # tabulated [uvw] vs the UB geometry: the real files agree 
 # Geometry (numpy, pure)
 # ----------------------------------------------------------------------------------------------------------------
 
-def _rotation(axis: int, angle_deg) -> np.ndarray:
-    t = np.deg2rad(np.asarray(angle_deg, dtype=np.float64))
-    c, s = np.cos(t), np.sin(t)
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    if axis == 1:  # R_y: z → x is the positive sense, so the sine signs are swapped relative to x and z
-        s = -s
-    r = np.zeros(t.shape + (3, 3))
-    r[..., axis, axis] = 1.0
-    r[..., i, i] = c
-    r[..., j, j] = c
-    r[..., i, j] = -s
-    r[..., j, i] = s
-    return r
-
-
-def rotation_x(angle_deg) -> np.ndarray:
-    """Active right-handed rotation about x by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
-    return _rotation(0, angle_deg)
-
-
-def rotation_y(angle_deg) -> np.ndarray:
-    """Active right-handed rotation about y by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
-    return _rotation(1, angle_deg)
-
-
-def rotation_z(angle_deg) -> np.ndarray:
-    """Active right-handed rotation about z by ``angle_deg`` [deg]; (..., 3, 3) for array input."""
-    return _rotation(2, angle_deg)
-
-
 def frame_rotation(alpha_deg, beta_deg) -> np.ndarray:
-    """Orientation of a PETS frame, R = R_x(α) · R_y(β) (α, β [deg]); (3, 3), or (..., 3, 3) for arrays.
+    """Orientation of a PETS frame, R = R_x(α) · R_y(β), from the file's angles α, β [deg] (the only degree → radian
+    conversion of the frame geometry); (3, 3), or (..., 3, 3) for arrays of one shape.
 
     g_lab = R · UB · h is the reciprocal vector of h in the lab frame of that frame [Å⁻¹].
     """
-    return rotation_x(alpha_deg) @ rotation_y(beta_deg)
+    alpha = np.deg2rad(np.asarray(alpha_deg, np.float64))
+    beta = np.deg2rad(np.asarray(beta_deg, np.float64))
+    return rotation_x(alpha) @ rotation_y(beta)
 
 
 def beam_uvw(ub: np.ndarray, alpha_deg, beta_deg) -> np.ndarray:
@@ -113,25 +84,6 @@ def beam_uvw(ub: np.ndarray, alpha_deg, beta_deg) -> np.ndarray:
     beam_lab = np.swapaxes(frame_rotation(alpha_deg, beta_deg), -1, -2)[..., :, 2]  # R_iᵀ ẑ
     uvw = beam_lab @ ub  # inv(A) = UBᵀ, so uvw = UBᵀ · (Rᵀ ẑ), written for row vectors
     return uvw / np.max(np.abs(uvw), axis=-1, keepdims=True)
-
-
-def excitation_errors(ub: np.ndarray, alpha_deg, beta_deg, hkl, wavelength: float) -> np.ndarray:
-    """Excitation errors s_g [Å⁻¹] of ``hkl`` at frame orientation R = R_x(α)R_y(β), electrons along lab −z.
-
-    g_lab = R·UB·h and s_g = (K² − |k₀ + g|²)/(2K) = g_z − |g|²/(2K) with k₀ = −Kẑ, K = 1/λ; positive inside the
-    Ewald sphere.
-
-    Args:
-        ub: (3, 3) [Å⁻¹].  alpha_deg, beta_deg: [deg]; scalars, or arrays broadcasting with ``hkl``'s rows (e.g.
-            ``data.alpha[data.frame_index]`` to evaluate every reflection at its own frame).
-        hkl: (..., 3) Miller indices.  wavelength: λ [Å].
-
-    Returns:
-        (...,) [Å⁻¹].
-    """
-    rot = frame_rotation(alpha_deg, beta_deg)
-    g = np.einsum("...ij,jk,...k->...i", rot, np.asarray(ub, np.float64), np.asarray(hkl, np.float64))
-    return g[..., 2] - np.sum(g * g, axis=-1) * (0.5 * wavelength)
 
 
 def cell_from_ub(ub: np.ndarray) -> tuple[float, float, float, float, float, float]:

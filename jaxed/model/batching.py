@@ -1,29 +1,24 @@
-"""Speed and memory plumbing of the forward model: BLAS threads, a memory model, frames per device step.
+"""Speed and memory plumbing of the forward model: BLAS threads, the one memory model, frames per device step.
 
-**BLAS threads.** On CPU, XLA runs each ``eigh`` of a batch through LAPACK (scipy's OpenBLAS), one matrix after the
-other. OpenBLAS then starts its own thread pool on every core; for the N ≲ 1000 matrices of 3D-ED its threads mostly
-spin-wait, and when the cores are shared (other jobs, XLA's own pool) a batched ``eigh`` becomes 8–18× slower
-(measured: N = 104, 2 cores under load, 29–56 ms → 3.0–3.5 ms per matrix). :func:`blas_threads` limits the pool
-for the duration of a block (default 1 thread; ``JAXED_BLAS_THREADS`` overrides); the refinement driver uses it.
-Parallelism across cores comes instead from the batch: frames sharded over devices (:mod:`jaxed.model.distributed`).
+**BLAS threads.** On CPU, XLA runs each ``eigh`` of a batch through LAPACK one matrix after the other, and OpenBLAS
+starts a spin-waiting pool on every core. :func:`blas_threads` limits that pool for the duration of a block (default
+1 thread; ``JAXED_BLAS_THREADS`` overrides); parallelism across cores comes from sharding frames over devices
+(:mod:`jaxed.model.distributed`). Measurements: docs/SPEED.md §2.
 
-**Memory model.** Forward + reverse-mode gradient of one rocking-curve sample with N beams (padded) and n_t
-thicknesses keeps, in complex128 (16 bytes per number): the structure matrix B, its eigenvectors C, the
-Daleckii–Krein divided differences Φ (n_t N²) and the N×N temporaries of the backward pass (Cᴴ dB C, C X Cᴴ):
-``MATRICES_PER_SAMPLE + 2 n_t`` N×N complex arrays with the gradient, ``2 + n_t`` for the forward alone, plus the
-frame's int32 coupling table and the gathered U_{g−h} (shared by the frame's samples). :func:`bytes_per_frame` is
-that count. XLA's own ``memory_analysis`` of the compiled computation measured 4.1–4.5 (gradient) and 2.0 (forward)
-N×N complex arrays per sample for N = 24–72, so the model has a ≈ 1.4× margin (tests/test_memory.py checks that it
-neither under- nor over-estimates by more than 3×). With absorption (first order, PHYSICS.md §4.5) each sample also
-holds B_a, W = Cᴴ B_a C, the complex eigenvalues' exponentials and their cotangents: measured 16–19 (gradient) and
-5.0 (forward) N×N complex arrays per sample for N = 16–56, modelled as :data:`ABSORPTION_MATRICES_PER_SAMPLE` and
-:data:`ABSORPTION_FORWARD_MATRICES` (without this term the automatic chunk size of a CsPbBr₃ absorption refinement
-asked for 30 GB on a 23 GB host). The process's peak RSS in a real refinement is ≈ 1.5× XLA's count: paracetamol
-with TDS absorption in complex64 (≤ 160 beams, 96 precession samples, 5 frames per chunk) peaked at 4.5 GB,
-≈ 0.67 GB per frame = 34 N×N arrays per sample, and with 22 the automatic chunk (26 frames) was killed for memory on
-24 GB; hence 34.
-:func:`frames_per_batch` turns it into the number of frames one device step can hold, and raises a one-line
-:class:`JaxedInputError` saying how much is needed when not even one frame fits.
+**Memory model** (this module is its only home). The working set of one frame, :func:`bytes_per_frame`, counts
+N×N complex arrays per rocking sample — the structure matrix, its eigenvectors, the Daleckii–Krein divided
+differences (n_t of them) and the temporaries of the backward pass; more with first-order absorption — plus the
+frame's int32 coupling table and gathered U_{g−h}:
+
+    bytes = n_samples · (m + 2 n_t) · b · N² + (4 + 2b) · N²        (gradient; forward: m_f + n_t)
+
+with b the bytes of one complex number (16 complex128, 8 complex64), m = :data:`MATRICES_PER_SAMPLE`
+(:data:`ABSORPTION_MATRICES_PER_SAMPLE` with absorption) and m_f = :data:`FORWARD_MATRICES`
+(:data:`ABSORPTION_FORWARD_MATRICES`). It is used
+twice: :func:`frames_per_batch` turns it into the frames one device step holds (chunking), and :func:`check_memory`
+refuses, before any beam is selected, settings whose frames cannot fit at all (beams estimated by
+:func:`estimate_beams`). Both refusals are one-line :class:`JaxedInputError` errors stating the bytes needed. How
+the constants were measured against XLA and real runs: docs/SPEED.md, "Memory model".
 """
 from __future__ import annotations
 
@@ -36,14 +31,18 @@ import jax
 
 from jaxed.errors import JaxedInputError
 
-__all__ = ["blas_threads", "with_blas_threads", "bytes_per_frame", "available_memory", "frames_per_batch",
-           "experiment_frames_per_batch",
-           "frame_devices", "MATRICES_PER_SAMPLE"]
+__all__ = ["blas_threads", "with_blas_threads", "bytes_per_frame", "available_memory", "physical_memory",
+           "frames_per_batch", "experiment_frames_per_batch", "estimate_beams", "estimate_bytes", "check_memory",
+           "frame_devices", "MATRICES_PER_SAMPLE", "FORWARD_MATRICES", "ABSORPTION_MATRICES_PER_SAMPLE", "ABSORPTION_FORWARD_MATRICES",
+           "MEMORY_FRACTION"]
 
-#: N×N complex arrays alive per rocking sample in forward + gradient (besides 2 n_t for thickness-dependent terms).
+#: N×N complex arrays alive per rocking sample in forward + gradient, besides the 2 n_t thickness-dependent ones.
 MATRICES_PER_SAMPLE = 4
-#: The same with absorption (gradient, forward alone), besides the 2 n_t (n_t) thickness-dependent terms.
+#: N×N complex arrays per sample of the forward alone, besides the n_t thickness-dependent ones.
+FORWARD_MATRICES = 2
+#: The same as MATRICES_PER_SAMPLE with absorption, besides the 2 n_t thickness-dependent ones (gradient).
 ABSORPTION_MATRICES_PER_SAMPLE = 34
+#: N×N complex arrays per sample of the forward alone with absorption, besides the n_t thickness-dependent ones.
 ABSORPTION_FORWARD_MATRICES = 6
 #: Share of the device memory the forward/gradient working set may use (the rest: XLA buffers, params, data).
 MEMORY_FRACTION = 0.6
@@ -86,7 +85,8 @@ def frame_devices(experiment) -> int:
 
 def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradient: bool = True,
                     complex_bytes: int = 16, absorption: bool = False) -> int:
-    """Working-set estimate of one frame [bytes]: all its rocking samples, forward (+ reverse-mode gradient).
+    """Working set of one frame [bytes]: all its rocking samples, forward (+ reverse-mode gradient); the formula of
+    the module docstring.
 
     Args:
         n_beams: padded beams N of the frame's Bloch matrix.  n_samples: rocking-curve samples.
@@ -97,7 +97,7 @@ def bytes_per_frame(n_beams: int, n_samples: int, n_thickness: int = 1, *, gradi
     if gradient:
         per_sample = (ABSORPTION_MATRICES_PER_SAMPLE if absorption else MATRICES_PER_SAMPLE) + 2 * n_thickness
     else:
-        per_sample = (ABSORPTION_FORWARD_MATRICES if absorption else 2) + n_thickness
+        per_sample = (ABSORPTION_FORWARD_MATRICES if absorption else FORWARD_MATRICES) + n_thickness
     shared = 4 * n2 + 2 * complex_bytes * n2  # int32 coupling + U_{g−h} (and its cotangent)
     return int(n_samples * per_sample * complex_bytes * n2 + shared)
 
@@ -129,6 +129,64 @@ def available_memory(device: jax.Device | None = None) -> int:
     except OSError:
         pass
     return 8 * 1024**3  # unknown: assume 8 GiB
+
+
+def physical_memory() -> float:
+    """Physical memory of this machine [bytes] (inf when unknown): the limit :func:`check_memory` refuses beyond."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def estimate_beams(volume: float, g_max: float, sg_max: float, semi_angle_deg: float = 0.0) -> float:
+    """Beams N of one Bloch matrix estimated before any beam is selected [–].
+
+    The reciprocal-lattice points (density V_cell [Å³]) within |g| ≤ g_max of the slab |s_g| ≤ sg_max, widened by the
+    rocking range |g|·θ: N ≈ 1 + V (2π sg_max g_max² + (4π/3) θ g_max³).
+
+    Args:
+        volume: cell volume [Å³].  g_max, sg_max: [Å⁻¹].  semi_angle_deg: rocking / precession semi-angle θ [deg]
+            (0 for per-sample beam sets, whose matrices hold only their own slab).
+    """
+    theta = math.radians(abs(semi_angle_deg))
+    return 1.0 + volume * (2 * math.pi * sg_max * g_max**2 + 4 * math.pi / 3 * theta * g_max**3)
+
+
+def estimate_bytes(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
+                   semi_angle_deg: float = 0.0, *, gradient: bool = True, complex_bytes: int = 16,
+                   absorption: bool = False) -> tuple[int, float]:
+    """(bytes, N): :func:`bytes_per_frame` of ``n_frames`` frames with the :func:`estimate_beams` beam count."""
+    n_beams = estimate_beams(volume, g_max, sg_max, semi_angle_deg)
+    need = n_frames * bytes_per_frame(math.ceil(n_beams), n_samples, gradient=gradient, complex_bytes=complex_bytes,
+                                      absorption=absorption)
+    return need, n_beams
+
+
+def check_memory(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
+                 semi_angle_deg: float = 0.0, available: float | None = None, *, gradient: bool = True,
+                 complex_bytes: int = 16, absorption: bool = False) -> None:
+    """Refuse, before anything is allocated or selected, settings whose ``n_frames`` frames cannot fit in memory.
+
+    Args:
+        volume: cell volume [Å³].  g_max, sg_max: beam selection [Å⁻¹].  n_frames: frames that must fit at once
+            (1 when the model runs in chunks of frames).  n_samples: rocking samples per frame.
+        semi_angle_deg: rocking / precession semi-angle [deg] (:func:`estimate_beams`).
+        available: memory [bytes]; default :func:`physical_memory`.
+        gradient, complex_bytes, absorption: as :func:`bytes_per_frame`.
+
+    Raises:
+        JaxedInputError: one line with the estimated beams and the bytes needed.
+    """
+    need, n_beams = estimate_bytes(volume, g_max, sg_max, n_frames, n_samples, semi_angle_deg, gradient=gradient,
+                                   complex_bytes=complex_bytes, absorption=absorption)
+    have = physical_memory() if available is None else float(available)
+    if need > have:
+        raise JaxedInputError(
+            f"--g-max {g_max:g} / --sg-max {sg_max:g}: about {n_beams:.3g} beams per matrix, so {n_frames} frame(s) × "
+            f"{n_samples} sample(s) need ≈ {need / 1e9:.3g} GB ({need} bytes, jaxed.model.batching.bytes_per_frame), "
+            f"more than this machine's {have / 1e9:.3g} GB; lower --g-max / --sg-max / --samples or select fewer "
+            "--frames")
 
 
 def frames_per_batch(n_frames: int, n_beams: int, n_samples: int, n_thickness: int = 1, *,

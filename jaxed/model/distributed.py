@@ -15,7 +15,7 @@ partitioner runs each device's frames locally (the ``vmap`` over frames is split
 gradient, which come back replicated. On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (set before
 JAX is imported) gives K host devices, so that the cores work on different frames at once; also set
 ``PJRT_NPROC`` ≥ 2K (the CPU client's thread count): with its default of one thread per core, K devices on fewer
-busy cores could deadlock in the in-process all-reduce (seen with K = 4 on 2 shared cores).
+busy cores can deadlock in the in-process all-reduce (docs/SPEED.md, "Memory model", notes).
 
 Multi-host: call :func:`initialize` (a thin wrapper of ``jax.distributed.initialize``) at the start of every process,
 then build the mesh with ``frame_mesh()``; the arrays are created from the same host data on every process.
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxed.model.experiment import Experiment
+from jaxed.model.selection import Experiment
 from jaxed.physics.geometry import BeamSet
 
 __all__ = ["initialize", "frame_mesh", "shard_experiment", "replicate", "FRAMES"]

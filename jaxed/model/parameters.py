@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.physics.crystal import AtomParams, Crystal
+from jaxed.physics.crystal import AtomParams, Crystal, u_equivalent
 
 __all__ = ["StructureModel", "make_structure_model"]
 
@@ -72,7 +72,8 @@ class StructureModel:
         params = {"xyz": [np.zeros(b.shape[1]) for b in self.basis]}
         iso = [j for j, a in enumerate(self.aniso) if not a]
         ani = [j for j, a in enumerate(self.aniso) if a]
-        params["u_iso"] = jnp.asarray(np.log(np.maximum([np.trace(u_cart[j]) / 3 for j in iso], 1e-6)).reshape(-1))
+        u_eq = u_equivalent(np.asarray(atoms.u_star), direct)
+        params["u_iso"] = jnp.asarray(np.log(np.maximum(u_eq[iso], 1e-6)).reshape(-1))
         chol = []
         for j in ani:
             u = u_cart[j]

@@ -11,7 +11,7 @@ import numpy as np
 from jaxed.physics.bloch import BlochSettings, simulate
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.errors import JaxedInputError
-from jaxed.physics.geometry import _hkl_within, excitation_errors, make_beam_set, select_beams, zone_axis_rotation
+from jaxed.physics.geometry import hkl_within, excitation_errors, make_beam_set, select_beams, zone_axis_rotation
 
 __all__ = ["PatternResult", "simulate_directions", "read_beam_directions", "write_pattern_csv"]
 
@@ -76,7 +76,7 @@ def simulate_directions(crystal: Crystal, atoms: AtomParams, uvws: np.ndarray, t
         raise JaxedInputError(f"g_max = {g_max}, sg_max = {sg_max}: expected positive values [1/Å]")
     direct, reciprocal = np.asarray(crystal.direct), np.asarray(crystal.reciprocal)
     rotations = np.stack([zone_axis_rotation(uvw, direct) for uvw in np.atleast_2d(uvws)])
-    candidates = _hkl_within(reciprocal, g_max)
+    candidates = hkl_within(reciprocal, g_max)
     beams_per_frame = [select_beams(reciprocal, r, settings.k, g_max, sg_max, candidates=candidates) for r in rotations]
     beams = make_beam_set(beams_per_frame)
     dtype = atoms.frac.dtype

@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxed.physics.bloch import BlochSettings
-from jaxed.physics.crystal import AtomParams, Crystal
+from jaxed.physics.crystal import AtomParams, Crystal, u_equivalent
 from jaxed.errors import JaxedInputError
-from jaxed.model.experiment import ExperimentSettings, integrated_intensities, prepare_experiment, uses_precession
-from jaxed.physics.geometry import _hkl_within, excitation_errors, rotation_x, rotation_y
+from jaxed.model.integrate import integrated_intensities
+from jaxed.model.selection import ExperimentSettings, prepare_experiment, uses_precession
+from jaxed.data.pets import PetsData, beam_uvw, frame_rotation
+from jaxed.physics.geometry import excitation_errors, hkl_within
 from jaxed.model.parameters import StructureModel
 
 __all__ = ["thickness_profile", "tilt_series", "synthesize", "random_start", "write_sidecar", "read_sidecar"]
@@ -64,8 +66,6 @@ def tilt_series(crystal: Crystal, *, alpha_start: float = -60.0, alpha_end: floa
 
     Returns a :class:`jaxed.data.pets.PetsData` without reflections (β = 0, ω = 0).
     """
-    from jaxed.data.pets import PetsData, beam_uvw
-
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     if np.linalg.det(q) < 0:
@@ -84,11 +84,11 @@ def tilt_series(crystal: Crystal, *, alpha_start: float = -60.0, alpha_end: floa
 def _excited_reflections(frames, g_max_refine: float, r_sg_max: float, precession: bool) -> tuple[np.ndarray, np.ndarray]:
     ub = np.asarray(frames.ub, float)
     k = 1.0 / float(frames.wavelength)
-    cand = _hkl_within(ub, g_max_refine)
+    cand = hkl_within(ub, g_max_refine)
     cand = cand[~np.all(cand == 0, axis=1)]
     hkls, idx = [], []
     for i, (a, b) in enumerate(zip(frames.alpha, frames.beta)):
-        g = cand @ (np.asarray(rotation_x(np.deg2rad(a)) @ rotation_y(np.deg2rad(b))) @ ub).T
+        g = cand @ (frame_rotation(a, b) @ ub).T
         s = np.abs(np.asarray(excitation_errors(g, k)))
         semi = np.deg2rad(frames.precession_angle[i])
         width = np.linalg.norm(g[:, :2], axis=1) * np.sin(semi) if precession else np.abs(g[:, 1]) * semi
@@ -145,6 +145,7 @@ def write_sidecar(path: str | Path, frames, thickness: np.ndarray, **meta) -> No
 
 
 def read_sidecar(path: str | Path) -> dict:
+    """The JSON written by :func:`write_sidecar` (frame_id, alpha_deg [deg], thickness_A [Å], metadata)."""
     return json.loads(Path(path).read_text())
 
 
@@ -173,8 +174,7 @@ def random_start(model: StructureModel, params: dict, delta: float, *, seed: int
         new["u_chol"] = jnp.asarray(np.asarray(params["u_chol"]) * np.sqrt(1 + eps))
     if isotropic:
         atoms = model.atoms(new)
-        u_cart = np.einsum("ij,njk,lk->nil", direct, np.asarray(atoms.u_star), direct)
-        u_eq = np.trace(u_cart, axis1=1, axis2=2) / 3
+        u_eq = u_equivalent(np.asarray(atoms.u_star), direct)
         return {"xyz": new["xyz"], "u_iso": jnp.asarray(np.log(u_eq)), "u_chol": jnp.zeros((0, 6)),
                 **({"occ": new["occ"]} if "occ" in new else {})}
     return new

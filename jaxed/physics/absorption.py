@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxed.physics.crystal import AtomParams, Crystal, expand
+from jaxed.physics.crystal import AtomParams, Crystal, expand, u_equivalent
 from jaxed.physics.potential import structure_sum
 from jaxed.physics.scattering import form_factor
 
@@ -105,9 +105,7 @@ def tds_integral(g: jax.Array, b_iso: jax.Array, a: jax.Array, b: jax.Array, kin
 
 def _site_b_iso(atoms: AtomParams, crystal: Crystal) -> jax.Array:
     """B_eq = 8π² tr(U_cart)/3 per ASU site [Å²] (U_cart = A U* Aᵀ, PHYSICS.md §3.2)."""
-    direct = jnp.asarray(crystal.direct, atoms.u_star.dtype)
-    u_cart = jnp.einsum("ij,njk,lk->nil", direct, atoms.u_star, direct)
-    return 8.0 * jnp.pi**2 * jnp.trace(u_cart, axis1=-2, axis2=-1) / 3.0
+    return 8.0 * jnp.pi**2 * u_equivalent(atoms.u_star, jnp.asarray(crystal.direct, atoms.u_star.dtype))
 
 
 def absorptive_form_factors(atoms: AtomParams, crystal: Crystal, g: jax.Array, gamma: float, k: float,

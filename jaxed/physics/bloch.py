@@ -34,7 +34,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxed.physics.absorption import absorptive_coefficients
 from jaxed.physics.constants import relativistic_gamma, wavelength
@@ -435,17 +434,10 @@ def propagate(b: jax.Array, b_a: jax.Array, tau: jax.Array, settings: BlochSetti
 
 
 def centric_at_origin(crystal: Crystal) -> bool:
-    """Whether the space group holds the inversion −x, −y, −z with zero translation (host check on the operations;
-    False when they are traced). Then U_g is real for every g (PHYSICS.md §3: U_{−g} = U_g*, and inversion through
-    the origin makes U_{−g} = U_g). A centrosymmetric group described with the centre elsewhere (an origin choice 1
-    setting, a shifted origin) has complex U_g and answers False."""
-    rot, trans = crystal.rotations, crystal.translations
-    if isinstance(rot, jax.core.Tracer) or isinstance(trans, jax.core.Tracer):
-        return False
-    rot, trans = np.asarray(rot, dtype=np.float64), np.asarray(trans, dtype=np.float64)
-    inversion = np.all(np.abs(rot + np.eye(3)) < 1e-9, axis=(1, 2))
-    at_origin = np.all(np.abs(trans - np.rint(trans)) < 1e-9, axis=1)
-    return bool(np.any(inversion & at_origin))
+    """Whether the space group holds the inversion −x, −y, −z with zero translation: the crystal's static
+    ``centric`` flag, decided on the host when it was built (jaxed.physics.crystal.inversion_at_origin), so the
+    answer is the same for a traced crystal. Then U_g is real for every g (PHYSICS.md §3)."""
+    return bool(crystal.centric)
 
 
 def potential_table(atoms: AtomParams, crystal: Crystal, beams: BeamSet, settings: BlochSettings) -> jax.Array:

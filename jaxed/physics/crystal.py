@@ -38,6 +38,7 @@ __all__ = [
     "load_structure",
     "expand",
     "expand_to_p1",
+    "inversion_at_origin",
     "u_cif_to_u_star",
     "u_star_to_u_cif",
     "u_equivalent",
@@ -71,7 +72,8 @@ class AtomParams:
     jax.tree_util.register_dataclass,
     data_fields=["direct", "reciprocal", "rotations", "translations", "species", "image_ops", "image_mask", "ff_a",
                  "ff_b"],
-    meta_fields=["name", "cell", "spacegroup", "labels", "elements", "site_elements", "aniso", "scattering", "volume"],
+    meta_fields=["name", "cell", "spacegroup", "labels", "elements", "site_elements", "aniso", "scattering", "volume",
+                 "centric"],
 )
 @dataclasses.dataclass(frozen=True)
 class Crystal:
@@ -90,6 +92,11 @@ class Crystal:
         name: CIF block name.  cell: (a, b, c [Å], α, β, γ [deg]).  spacegroup: Hermann–Mauguin symbol.
         labels: ASU site labels.  elements: species symbols.  site_elements: element of each ASU site.
         aniso: whether each site was given anisotropic ADPs.  scattering: 'lobato' or 'peng'.  volume: Ω [Å³].
+        centric: whether the operations hold the inversion −x, −y, −z with zero translation
+            (:func:`inversion_at_origin`), decided on the host when the crystal is built and static thereafter, so
+            traced code (the real-arithmetic path of jaxed.physics.bloch) never has to look at operation values.
+            A host-built crystal whose operations disagree with it is refused (``dataclasses.replace`` of the
+            operations must pass the new value).
     """
 
     direct: jax.Array
@@ -110,6 +117,16 @@ class Crystal:
     aniso: tuple
     scattering: str
     volume: float
+    centric: bool
+
+    def __post_init__(self):
+        # Only host (numpy) operations are checked; during tracing the leaves are tracers or placeholders and the
+        # static flag is taken as it is.
+        if isinstance(self.rotations, np.ndarray) and isinstance(self.translations, np.ndarray):
+            actual = inversion_at_origin(self.rotations, self.translations)
+            if bool(self.centric) != actual:
+                raise ValueError(f"Crystal {self.name!r}: centric = {self.centric} but the operations "
+                                 f"{'hold' if actual else 'do not hold'} the inversion at the origin")
 
     @property
     def n_asu(self) -> int:
@@ -124,6 +141,23 @@ class Crystal:
         return np.asarray(self.image_mask).sum(axis=1).astype(int)
 
 
+def inversion_at_origin(rotations: np.ndarray, translations: np.ndarray) -> bool:
+    """Whether the operations hold the inversion −x, −y, −z with an integer translation (host, numpy).
+
+    Then U_g is real for every g (PHYSICS.md §3: U_{−g} = U_g*, and inversion through the origin makes
+    U_{−g} = U_g). A centrosymmetric group described with its centre elsewhere (origin choice 1, a shifted origin)
+    answers False: its U_g are complex.
+
+    Args:
+        rotations: (n_ops, 3, 3) [–].  translations: (n_ops, 3) [–], fractional.
+    """
+    rot = np.asarray(rotations, dtype=np.float64)
+    trans = np.asarray(translations, dtype=np.float64)
+    inversion = np.all(np.abs(rot + np.eye(3)) < 1e-9, axis=(1, 2))
+    at_origin = np.all(np.abs(trans - np.rint(trans)) < 1e-9, axis=1)
+    return bool(np.any(inversion & at_origin))
+
+
 def _cell_matrices(cell: gemmi.UnitCell) -> tuple[np.ndarray, np.ndarray]:
     direct = np.array(cell.orth.mat.tolist(), dtype=np.float64)
     reciprocal = np.linalg.inv(direct).T
@@ -131,15 +165,47 @@ def _cell_matrices(cell: gemmi.UnitCell) -> tuple[np.ndarray, np.ndarray]:
 
 
 def u_cif_to_u_star(u_cif: np.ndarray, reciprocal: np.ndarray) -> np.ndarray:
-    """U* = N U_cif N with N = diag(|a*|, |b*|, |c*|) (PHYSICS.md §3.2). ``u_cif`` (..., 3, 3) [Å²]."""
+    """U* = N U_cif N with N = diag(|a*|, |b*|, |c*|) (PHYSICS.md §3.2) (host, numpy).
+
+    Args:
+        u_cif: (..., 3, 3) CIF U_ij [Å²].  reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].
+
+    Returns:
+        (..., 3, 3) U* [–].
+    """
     n = np.linalg.norm(np.asarray(reciprocal), axis=0)
     return np.asarray(u_cif) * n[:, None] * n[None, :]
 
 
 def u_star_to_u_cif(u_star, reciprocal):
-    """Inverse of :func:`u_cif_to_u_star`; works on numpy or JAX arrays, (..., 3, 3) → [Å²]."""
-    n = jnp.linalg.norm(jnp.asarray(reciprocal), axis=0)
-    return u_star / jnp.broadcast_to(n[:, None] * n[None, :], jnp.shape(u_star))
+    """Inverse of :func:`u_cif_to_u_star`: U_cif = N⁻¹ U* N⁻¹.
+
+    Array operators only: numpy in → numpy out (CIF writing), JAX in → JAX out (traced derived quantities).
+
+    Args:
+        u_star: (..., 3, 3) [–].  reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].
+
+    Returns:
+        (..., 3, 3) CIF U_ij [Å²].
+    """
+    n = (reciprocal * reciprocal).sum(axis=0) ** 0.5
+    return u_star / (n[:, None] * n[None, :])
+
+
+def u_equivalent(u_star, direct):
+    """Equivalent isotropic displacement U_eq = tr(U_cart)/3 with U_cart = A U* Aᵀ [Å²] (PHYSICS.md §3.2; the
+    CIF ``_atom_site_U_iso_or_equiv`` of an anisotropic site, Fischer & Tillmanns 1988).
+
+    Array operators only: numpy in → numpy out (CIF and report writing), JAX in → JAX out (absorption, traced).
+
+    Args:
+        u_star: (..., 3, 3) U* tensors [–].  direct: (3, 3) columns a, b, c [Å] (``Crystal.direct``).
+
+    Returns:
+        (...,) [Å²].
+    """
+    u_cart = direct @ u_star @ direct.T
+    return u_cart.diagonal(axis1=-2, axis2=-1).sum(axis=-1) / 3.0
 
 
 def _group_operations(small: gemmi.SmallStructure, where: str) -> tuple[list[gemmi.Op], str]:
@@ -299,7 +365,7 @@ def load_structure(path: str | Path, block: str | None = None, *, scattering: st
         image_ops=image_ops, image_mask=image_mask, ff_a=ff_a, ff_b=ff_b,
         name=blk.name, cell=tuple(float(x) for x in cell.parameters), spacegroup=sg_name,
         labels=tuple(labels), elements=elements, site_elements=tuple(site_elements), aniso=tuple(aniso),
-        scattering=scattering, volume=float(cell.volume),
+        scattering=scattering, volume=float(cell.volume), centric=inversion_at_origin(rot, trans),
     )
     atoms = AtomParams(frac=jnp.asarray(frac), u_star=jnp.asarray(u_star), occupancy=jnp.asarray(np.array(occ)))
     return crystal, atoms
@@ -345,23 +411,11 @@ def expand_to_p1(crystal: Crystal, atoms: AtomParams, tol_a: float = 0.02) -> tu
     species = np.array([crystal.elements.index(e) for e in elements], dtype=np.int32)
     p1 = dataclasses.replace(
         crystal, rotations=np.eye(3)[None], translations=np.zeros((1, 3)), species=species,
-        image_ops=np.zeros((len(labels), 1), np.int32), image_mask=np.ones((len(labels), 1), bool), spacegroup="P 1", labels=tuple(labels), site_elements=tuple(elements),
-        aniso=tuple(aniso),
+        image_ops=np.zeros((len(labels), 1), np.int32), image_mask=np.ones((len(labels), 1), bool), spacegroup="P 1", labels=tuple(labels),
+        site_elements=tuple(elements), aniso=tuple(aniso), centric=False,
     )
     return p1, AtomParams(frac=jnp.asarray(np.array(xyz)), u_star=jnp.asarray(np.array(us)),
                           occupancy=jnp.asarray(np.array(occ)))
-
-
-def u_equivalent(u_star, direct) -> jax.Array:
-    """U_eq [Å²] of each site, (n_asu,): a third of the trace of U_cart = A U* Aᵀ (PHYSICS.md §3.2).
-
-    Args:
-        u_star: (n_asu, 3, 3) U* of :class:`AtomParams` (dimensionless: U_ij scaled by a*_i a*_j).
-        direct: (3, 3) direct-lattice matrix A (columns a, b, c [Å]).
-    """
-    direct = jnp.asarray(direct)
-    u_cart = jnp.einsum("ij,njk,lk->nil", direct, jnp.asarray(u_star), direct)
-    return jnp.trace(u_cart, axis1=-2, axis2=-1) / 3.0
 
 
 def format_su(value: float, su: float | None, *, max_digits: int = 8, plain_digits: int = 6) -> str:

@@ -9,8 +9,12 @@ g_lab = R · B · h with B the reciprocal basis (columns a*, b*, c*, [Å⁻¹]).
 A zone axis [uvw] (direct-lattice coordinates) points from the crystal towards the source, as in the TEM and PETS2
 convention, so the orientation for [uvw] maps A·uvw onto +ẑ and the electrons travel along −[uvw].
 
-Everything that decides an array shape — which beams enter each frame's matrix, the padding, the table of
-couplings g − h — runs on the host in numpy (:func:`select_beams`, :func:`make_beam_set`), before tracing.
+Host and traced code are separate functions: everything that decides an array shape — which beams enter each
+frame's matrix, the padding, the table of couplings g − h — runs on the host in numpy (:func:`hkl_within`,
+:func:`select_beams`, :func:`make_beam_set`), before tracing. The rotations exist twice, :func:`rotation_x` (numpy,
+host set-up such as thousands of rocking samples without one small JAX dispatch each) and :func:`rotation_x_jax`
+(jax.numpy, for differentiated angles); both take radians. :func:`excitation_errors` uses array operators only and
+serves both sides. Degrees appear only at the file edge (:func:`jaxed.data.pets.frame_rotation`).
 """
 from __future__ import annotations
 
@@ -29,42 +33,64 @@ __all__ = [
     "rotation_x",
     "rotation_y",
     "rotation_z",
+    "rotation_x_jax",
+    "rotation_y_jax",
+    "rotation_z_jax",
     "zone_axis_rotation",
+    "hkl_within",
     "excitation_errors",
     "select_beams",
     "make_beam_set",
 ]
 
 
-def _xp(*arrays):
-    """numpy for host values (python or numpy numbers), jax.numpy for JAX arrays and tracers: the host set-up
-    (beam selection, rocking-sample rotations of thousands of samples) then runs without dispatching small JAX
-    operations one by one, and traced code stays traced."""
-    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
-
-
-def rotation_x(angle):
-    """Active right-handed rotation about x by ``angle`` [rad], (3, 3); numpy for numpy/python input, JAX for JAX."""
-    xp = _xp(angle)
-    c, s = xp.cos(angle), xp.sin(angle)
+def _rotation(axis: int, c, s, xp):
+    """(..., 3, 3) active right-handed rotation about lab ``axis`` from its cosine and sine (arrays of one shape),
+    built with the array namespace ``xp`` (numpy on the host, jax.numpy in traced code)."""
     one, zero = xp.ones_like(c), xp.zeros_like(c)
-    return xp.stack([xp.stack([one, zero, zero]), xp.stack([zero, c, -s]), xp.stack([zero, s, c])])
+    if axis == 0:
+        rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
+    elif axis == 1:
+        rows = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
+    else:
+        rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+    return xp.stack([xp.stack(r, axis=-1) for r in rows], axis=-2)
 
 
-def rotation_y(angle):
-    """Active right-handed rotation about y by ``angle`` [rad], (3, 3)."""
-    xp = _xp(angle)
-    c, s = xp.cos(angle), xp.sin(angle)
-    one, zero = xp.ones_like(c), xp.zeros_like(c)
-    return xp.stack([xp.stack([c, zero, s]), xp.stack([zero, one, zero]), xp.stack([-s, zero, c])])
+def rotation_x(angle) -> np.ndarray:
+    """Active right-handed rotation about lab x by ``angle`` [rad] (host, numpy): (3, 3), or (..., 3, 3) for an
+    array of angles (...,). Traced code uses :func:`rotation_x_jax`."""
+    t = np.asarray(angle, dtype=np.float64)
+    return _rotation(0, np.cos(t), np.sin(t), np)
 
 
-def rotation_z(angle):
-    """Active right-handed rotation about z by ``angle`` [rad], (3, 3)."""
-    xp = _xp(angle)
-    c, s = xp.cos(angle), xp.sin(angle)
-    one, zero = xp.ones_like(c), xp.zeros_like(c)
-    return xp.stack([xp.stack([c, -s, zero]), xp.stack([s, c, zero]), xp.stack([zero, zero, one])])
+def rotation_y(angle) -> np.ndarray:
+    """Active right-handed rotation about lab y by ``angle`` [rad] (host, numpy; z → x is the positive sense):
+    (3, 3), or (..., 3, 3) for an array of angles. Traced code uses :func:`rotation_y_jax`."""
+    t = np.asarray(angle, dtype=np.float64)
+    return _rotation(1, np.cos(t), np.sin(t), np)
+
+
+def rotation_z(angle) -> np.ndarray:
+    """Active right-handed rotation about lab z (the beam axis) by ``angle`` [rad] (host, numpy): (3, 3), or
+    (..., 3, 3) for an array of angles. Traced code uses :func:`rotation_z_jax`."""
+    t = np.asarray(angle, dtype=np.float64)
+    return _rotation(2, np.cos(t), np.sin(t), np)
+
+
+def rotation_x_jax(angle: jax.Array) -> jax.Array:
+    """:func:`rotation_x` in jax.numpy, for traced (differentiated) angles [rad]: (..., 3, 3)."""
+    return _rotation(0, jnp.cos(angle), jnp.sin(angle), jnp)
+
+
+def rotation_y_jax(angle: jax.Array) -> jax.Array:
+    """:func:`rotation_y` in jax.numpy, for traced angles [rad]: (..., 3, 3)."""
+    return _rotation(1, jnp.cos(angle), jnp.sin(angle), jnp)
+
+
+def rotation_z_jax(angle: jax.Array) -> jax.Array:
+    """:func:`rotation_z` in jax.numpy, for traced angles [rad]: (..., 3, 3)."""
+    return _rotation(2, jnp.cos(angle), jnp.sin(angle), jnp)
 
 
 def zone_axis_rotation(uvw: Sequence[float], direct: np.ndarray) -> np.ndarray:
@@ -94,13 +120,31 @@ def zone_axis_rotation(uvw: Sequence[float], direct: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z])  # rows: lab axes in crystal coordinates → R maps crystal to lab
 
 
-def excitation_errors(g_lab: jax.Array, k: float) -> jax.Array:
-    """s_g = g_z − |g|²/(2K) [Å⁻¹] for electrons along −z (PHYSICS.md §4.2). ``g_lab`` (..., 3) [Å⁻¹], ``k`` [Å⁻¹]."""
-    return g_lab[..., 2] - _xp(g_lab).sum(g_lab * g_lab, axis=-1) / (2.0 * k)
+def excitation_errors(g_lab, k: float):
+    """Excitation errors s_g = g_z − |g|²/(2K) [Å⁻¹] of lab-frame reciprocal vectors, electrons along lab −z
+    (PHYSICS.md §4.2; positive inside the Ewald sphere).
+
+    Written with array operators and methods only, so it is one function for both sides: numpy in → numpy out on
+    the host (beam selection), JAX in → JAX out in traced code (the Bloch matrix).
+
+    Args:
+        g_lab: (..., 3) [Å⁻¹].  k: K = 1/λ [Å⁻¹].
+
+    Returns:
+        (...,) [Å⁻¹].
+    """
+    return g_lab[..., 2] - (g_lab * g_lab).sum(axis=-1) / (2.0 * k)
 
 
-def _hkl_within(reciprocal: np.ndarray, g_max: float) -> np.ndarray:
-    """All hkl with |g| ≤ g_max, (n, 3) int."""
+def hkl_within(reciprocal: np.ndarray, g_max: float) -> np.ndarray:
+    """Every hkl with |g| ≤ g_max (host, numpy).
+
+    Args:
+        reciprocal: (3, 3) columns a*, b*, c* [Å⁻¹].  g_max: [Å⁻¹].
+
+    Returns:
+        (n, 3) int, in meshgrid order (000 included).
+    """
     direct = np.linalg.inv(reciprocal).T
     hmax = np.floor(g_max * np.linalg.norm(direct, axis=0)).astype(int)
     axes = [np.arange(-m, m + 1) for m in hmax]
@@ -118,12 +162,12 @@ def select_beams(reciprocal: np.ndarray, rotation: np.ndarray, k: float, g_max: 
         rotation: (3, 3) crystal → lab.
         k: K = 1/λ [Å⁻¹].  g_max [Å⁻¹].  sg_max [Å⁻¹].
         max_beams: keep at most this many (smallest |s_g| first) — a cap, not a criterion.
-        candidates: precomputed :func:`_hkl_within` result, to save work over many frames.
+        candidates: precomputed :func:`hkl_within` result, to save work over many frames.
 
     Returns:
         hkl (n_beams, 3) int, 000 first, then by increasing |s_g|.
     """
-    hkl = _hkl_within(reciprocal, g_max) if candidates is None else candidates
+    hkl = hkl_within(reciprocal, g_max) if candidates is None else candidates
     g_lab = hkl @ (rotation @ reciprocal).T
     sg = np.asarray(excitation_errors(g_lab, k))
     is_zero = np.all(hkl == 0, axis=1)

@@ -37,10 +37,17 @@ def _lobato_table() -> dict:
 
 
 def form_factor_coefficients(elements: Sequence[str], kind: str = "lobato") -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients (a, b), each (n_species, 5), for the given element symbols.
+    """Form-factor coefficients (a, b) of the given element symbols (host, numpy).
 
-    For 'lobato' a [Å⁻¹·Å²-scaled so that f_e is in Å] and b [Å²] enter (2 + b g²)/(1 + b g²)²;
-    for 'peng' a [Å] and b [Å²] enter exp(−b s²).
+    Args:
+        elements: element symbols (n_species,).  kind: 'lobato' or 'peng'.
+
+    Returns:
+        a, b, each (n_species, 5) float64. 'lobato': f_e(g) = Σ aᵢ (2 + bᵢ g²)/(1 + bᵢ g²)² with a [Å] and b [Å²]
+        (argument g = |g| [Å⁻¹]); 'peng': f_e(s) = Σ aᵢ exp(−bᵢ s²) with a [Å] and b [Å²] (argument s = |g|/2).
+
+    Raises:
+        JaxedInputError: an unknown kind or an element without coefficients.
     """
     if kind not in SCATTERING_KINDS:
         raise JaxedInputError(f"scattering '{kind}': expected one of {', '.join(SCATTERING_KINDS)}")
