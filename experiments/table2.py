@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from jaxed.refine import metrics, objective, orientation  # noqa: E402
 from jaxed.model.experiment import (GEOMETRIES, ExperimentSettings, prepare_experiment,  # noqa: E402
-                             reselect_sample_beams, tilt_matrices)
+                             reselect_sample_beams, take_frames, tilt_matrices)
 from jaxed.errors import JaxedInputError  # noqa: E402
 from jaxed.refine.optimize import RefineConfig, Refinement, load_params, run_refinement, save_params  # noqa: E402
 from jaxed.app.workflow import load_problem, parse_frames, search_orientations  # noqa: E402
@@ -205,7 +205,7 @@ def fold_tilts(problem: Refinement, params: dict, frames=None):
     if "orientation" in params:
         exp = orientation.with_corrections(exp, tilt_matrices(params["orientation"]))
     if frames is not None:
-        exp = orientation.select_frames(exp, frames)
+        exp = take_frames(exp, frames)
     exp = reselect_sample_beams(exp, problem.crystal)
     folded = Refinement(problem.crystal, problem.atoms(params), exp, problem.bloch,
                         dataclasses.replace(problem.config, refine_orientation=False,

@@ -198,17 +198,18 @@ def test_memory_check_asks_for_one_frame_because_frames_run_in_chunks(monkeypatc
     import warnings
 
     from jaxed.app import workflow
-    from jaxed.physics.crystal import load_structure
-    from jaxed.model.experiment import ExperimentSettings
     from jaxed.data.pets import read_pets
+    from jaxed.model import batching
+    from jaxed.model.experiment import ExperimentSettings
+    from jaxed.physics.crystal import load_structure
 
     settings = ExperimentSettings(g_max=1.6, sg_max=0.01, n_samples=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         semi = float(np.max(np.abs(read_pets(PETS).precession_angle)))
-        one, _ = workflow.estimate_bloch_bytes(load_structure(QUARTZ)[0].volume, 1.6, 0.01, 1, 5, semi)
+        one, _ = batching.estimate_bytes(load_structure(QUARTZ)[0].volume, 1.6, 0.01, 1, 5, semi)
         for room, fits in ((1.5, True), (0.5, False)):
-            monkeypatch.setattr(workflow, "_memory_bytes", lambda room=room: room * one)
+            monkeypatch.setattr(batching, "physical_memory", lambda room=room: room * one)
             if fits:
                 exp = workflow.load_problem(QUARTZ, PETS, frames="1-3", exp_settings=settings, log=lambda s: None)[3]
                 assert exp.n_frames == 3
@@ -225,7 +226,7 @@ def test_memory_estimate_is_close_to_the_real_beam_count():
     from jaxed.physics.crystal import load_structure
     from jaxed.model.experiment import ExperimentSettings, prepare_experiment
     from jaxed.data.pets import read_pets
-    from jaxed.app.workflow import estimate_bloch_bytes
+    from jaxed.model.batching import estimate_bytes
 
     crystal, _ = load_structure(QUARTZ)
     with warnings.catch_warnings():
@@ -233,7 +234,7 @@ def test_memory_estimate_is_close_to_the_real_beam_count():
         data = read_pets(PETS).subset_frames([0, 1, 2])
     exp = prepare_experiment(data, crystal, ExperimentSettings(g_max=1.6, sg_max=0.01, n_samples=5))
     real = max(len(np.nonzero(np.asarray(m))[0]) for m in np.asarray(exp.beams.mask))
-    _, estimate = estimate_bloch_bytes(crystal.volume, 1.6, 0.01, 3, 5, float(np.max(data.precession_angle)))
+    _, estimate = estimate_bytes(crystal.volume, 1.6, 0.01, 3, 5, float(np.max(data.precession_angle)))
     assert 0.5 < estimate / real < 2.0, (estimate, real)
 
 

@@ -93,7 +93,7 @@ def test_saved_settings_read_back_to_the_same(tmp_path):
 
 # --------------------------------------------------------------------------------------------- one schema
 _DATACLASSES = {"BlochSettings": ("jaxed/physics/bloch.py", BlochSettings),
-                "ExperimentSettings": ("jaxed/model/experiment.py", ExperimentSettings),
+                "ExperimentSettings": ("jaxed/model/selection.py", ExperimentSettings),
                 "RefineConfig": ("jaxed/refine/optimize.py", RefineConfig)}
 
 

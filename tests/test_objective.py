@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
+from jaxed.model.frames import take_frames
 from jaxed.refine import objective as obj
 
 U = 0.01
@@ -336,9 +337,9 @@ def test_frame_minibatch_uses_only_its_rows():
     full = QUANTITIES(jnp.asarray(i_calc), obs)
     parts = []
     for rows in (np.array([3, 1]), np.array([0, 2])):
-        sub = QUANTITIES(jnp.asarray(i_calc[rows]), obs.select_frames(rows))
+        sub = QUANTITIES(jnp.asarray(i_calc[rows]), take_frames(obs, rows))
         direct = obj.prepare_observations(i_obs[rows], sigma[rows], mask[rows])
-        assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(obs.select_frames(rows)),
+        assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(take_frames(obs, rows)),
                                                         jax.tree_util.tree_leaves(direct)))  # exact
         for kind in KINDS:
             np.testing.assert_allclose(sub[f"scales_{kind}"], full[f"scales_{kind}"][rows],
@@ -428,7 +429,7 @@ def test_frame_values_equal_brute_force_minima_and_their_means_are_reported():
         grid = np.linspace(0.5, 1.5, 2001) * fo.sum() / fc.sum()  # and no scale on a dense grid does better
         assert v["R_obs"][i] <= (np.abs(fo[None] - grid[:, None] * fc[None]).sum(axis=1) / fo.sum()).min() + 1e-15
         k = obj.frame_scales(i_calc, obs)[i]
-        wr_i = obj.wr_all_paper(k * jnp.where(obs.mask, i_calc, 0.0)[i:i + 1], obs.select_frames(slice(i, i + 1)))
+        wr_i = obj.wr_all_paper(k * jnp.where(obs.mask, i_calc, 0.0)[i:i + 1], take_frames(obs, slice(i, i + 1)))
         np.testing.assert_allclose(v["wR_all"][i], float(wr_i), rtol=1e-12)
     assert v["R_obs"][0] < 1e-12 and v["wR_all"][0] < 1e-12
     s = obj.summary(i_calc, obs)

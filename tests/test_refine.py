@@ -361,7 +361,8 @@ def test_d_sg_keeps_exactly_the_reflections_crossed_with_a_margin(demo):
     is crossed with a margin, Δs_g − |s_g| > D with Δs_g = |g_y|·φ_semi. Checked against the kept set computed
     independently from the PETS geometry (jaxed.data.pets: R_x(α)R_y(β)·UB, degrees) on the shipped quartz frames:
     exactly the same (frame, hkl) pairs; D = 0.0015 drops some of the R_Sg ≤ 0.9 set and D = 10 drops them all."""
-    from jaxed.data.pets import excitation_errors, frame_rotation
+    from jaxed.data.pets import frame_rotation
+    from jaxed.physics.geometry import excitation_errors
 
     crystal, atoms, data, _ = demo
     frames = [0, 5, 10, 15]
@@ -378,7 +379,7 @@ def test_d_sg_keeps_exactly_the_reflections_crossed_with_a_margin(demo):
         rows = np.asarray(sub.frame_index) == i
         hkl = np.asarray(sub.hkl)[rows]
         g = hkl @ (frame_rotation(sub.alpha[i], sub.beta[i]) @ np.asarray(sub.ub)).T
-        s = excitation_errors(np.asarray(sub.ub), sub.alpha[i], sub.beta[i], hkl, sub.wavelength)
+        s = excitation_errors(g, 1.0 / sub.wavelength)
         width = np.abs(g[:, 1]) * semi[i]
         ok = ((np.linalg.norm(hkl @ np.asarray(sub.ub).T, axis=1) <= 1.4) & (np.abs(s) <= 0.9 * width)
               & (width - np.abs(s) > 0.0015) & np.any(hkl != 0, axis=1))

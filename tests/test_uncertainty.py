@@ -51,6 +51,7 @@ def noisy_problem():
     return Refinement(crystal, atoms, exp, bloch, config)
 
 
+@pytest.mark.slow  # 30 LM refinements (≈ 95 s on 2 cores): python -m pytest -m slow
 def test_su_match_the_spread_over_noise_realisations(noisy_problem):
     # Truth = the model's own starting parameters. 30 realisations of Gaussian noise on I with known σ = 3 % of I
     # (+ 0.1 % of the largest); each refined by LM from the truth. The s.u. from GoF²(JᵀWJ)⁻¹ (mean over 3

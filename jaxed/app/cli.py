@@ -150,7 +150,8 @@ def _run_simulate(args) -> int:
     from jaxed.physics.bloch import BlochSettings
     from jaxed.physics.crystal import load_structure
     from jaxed.model.simulation import read_beam_directions, simulate_directions, write_pattern_csv
-    from jaxed.app.workflow import check_memory, check_structure
+    from jaxed.app.workflow import check_structure
+    from jaxed.model.batching import check_memory
 
     if s["thickness"] is None:
         raise JaxedInputError("--thickness: required (on the command line or as thickness in the --config file) [Å]")
@@ -295,7 +296,8 @@ def _run_synth(args) -> int:
     from jaxed.model.experiment import ExperimentSettings
     from jaxed.data.pets import read_pets, write_pets
     from jaxed.model.synth import synthesize, thickness_profile, tilt_series, write_sidecar
-    from jaxed.app.workflow import check_memory, check_structure, parse_frames
+    from jaxed.app.workflow import check_structure, parse_frames
+    from jaxed.model.batching import check_memory
 
     crystal, atoms = load_structure(args.structure, block=args.block, scattering=s["scattering"])
     check_structure(crystal, atoms, args.structure)

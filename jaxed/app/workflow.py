@@ -16,7 +16,6 @@ import numpy as np
 
 from jaxed.model import batching
 from jaxed.refine import objective
-from jaxed.model.batching import MATRICES_PER_SAMPLE
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.constants import wavelength as _wavelength
 from jaxed.physics.crystal import AtomParams, Crystal, load_structure, u_equivalent
@@ -28,12 +27,7 @@ from jaxed.refine.problem import count_parameters, make_model
 from jaxed.app.report import (frame_statistics, largest_residuals, write_frame_plot, write_markdown_report, write_plots,
                           write_refined_cif, write_report)
 
-__all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config", "check_structure", "check_memory",
-           "estimate_bloch_bytes"]
-
-#: working copies of each Bloch matrix alive at once (matrix, eigenvectors, propagator, ...): jaxed.model.batching's count
-_BLOCH_COPIES = MATRICES_PER_SAMPLE
-
+__all__ = ["load_problem", "evaluate", "refine", "parse_frames", "read_config", "check_structure"]
 
 def parse_frames(text: str | None, n_frames: int) -> np.ndarray | None:
     """Frame selection: '1-20', '1,5,9-12' (1-based, inclusive) or 'every:3' / 'first:20'. None: all frames."""
@@ -80,47 +74,6 @@ def check_structure(crystal: Crystal, atoms: AtomParams, where: str) -> None:
     if np.any(occ > 1 + 1e-6):
         bad = int(np.argmax(occ))
         warnings.warn(f"{where}: site {crystal.labels[bad]} has occupancy {occ[bad]:g} > 1", stacklevel=2)
-
-
-def estimate_bloch_bytes(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
-                         semi_angle_deg: float = 0.0) -> tuple[float, float]:
-    """Rough size of the batched Bloch problem, computed before any beam is selected.
-
-    Beams N ≈ V_cell × (reciprocal volume within |g| ≤ g_max of a slab |s_g| ≤ sg_max, widened by the rocking
-    range |g|·semi-angle): N ≈ V (2π sg_max g_max² + (4π/3) θ g_max³). Bytes ≈ frames × samples × N² × 16 (complex)
-    × a few working copies.
-
-    Args:
-        volume: cell volume [Å³].  g_max, sg_max: [1/Å].  semi_angle_deg: rocking / precession semi-angle [deg].
-
-    Returns:
-        (bytes, N).
-    """
-    theta = np.deg2rad(abs(semi_angle_deg))
-    n_beams = 1.0 + volume * (2 * np.pi * sg_max * g_max**2 + 4 * np.pi / 3 * theta * g_max**3)
-    return float(n_frames) * n_samples * n_beams**2 * 16.0 * _BLOCH_COPIES, n_beams
-
-
-def _memory_bytes() -> float:
-    """Physical memory of this machine [bytes] (inf when unknown)."""
-    import os
-
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
-
-
-def check_memory(volume: float, g_max: float, sg_max: float, n_frames: int, n_samples: int,
-                 semi_angle_deg: float = 0.0, available: float | None = None) -> None:
-    """Refuse, before allocating anything, settings whose Bloch matrices would not fit in memory."""
-    need, n_beams = estimate_bloch_bytes(volume, g_max, sg_max, n_frames, n_samples, semi_angle_deg)
-    have = _memory_bytes() if available is None else available
-    if need > have:
-        raise JaxedInputError(
-            f"--g-max {g_max:g} / --sg-max {sg_max:g}: about {n_beams:.3g} beams per matrix, so {n_frames} frame(s) × "
-            f"{n_samples} sample(s) × N² × 16 B × {_BLOCH_COPIES} ≈ {need / 1e9:.3g} GB, more than this machine's "
-            f"{have / 1e9:.3g} GB; lower --g-max / --sg-max / --samples or select fewer --frames")
 
 
 def _drop_duplicates_and_empty(data, where: str):
@@ -179,7 +132,7 @@ def load_problem(structure: str, data_path: str, *, block: str | None = None, sc
         semi = 0.0  # each sample's matrix holds only its own slab |s_g| ≤ sg_max (no widening by the rocking range)
     # One frame, not all: the refinement and the evaluation run the frames in chunks sized to the memory
     # (jaxed.model.batching.frames_per_batch), so a problem is out of reach only when one frame's matrices do not fit.
-    check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, 1, exp_settings.n_samples, semi)
+    batching.check_memory(crystal.volume, exp_settings.g_max, exp_settings.sg_max, 1, exp_settings.n_samples, semi)
     experiment = prepare_experiment(data, crystal, exp_settings)
     if not np.asarray(experiment.refl_mask).any():
         raise JaxedInputError(f"{data_path}: no reflections left after the selection (g_max_refine, R_Sg)")

@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxed.refine import objective
 from jaxed.errors import JaxedInputError
+from jaxed.settings import field_default
 from jaxed.refine.problem import make_loss
 from jaxed.refine.checkpoints import RefinementDiverged, load_checkpoint, save_checkpoint, strong as _strong
 
@@ -66,11 +67,11 @@ class LSQSettings:
     """
 
     method: str = "lm"
-    jacobian: str = "auto"
+    jacobian: str = field_default("RefineConfig.lsq_jacobian")
     max_iter: int = 50
-    ftol: float = 1e-8
+    ftol: float = field_default("RefineConfig.lsq_ftol")
     xtol: float = 1e-10
-    damping: float = 1e-4
+    damping: float = field_default("RefineConfig.lsq_damping")
     rcond: float = 1e-12
     matrix_free_above: int = 3000
     cg_max_iter: int = 100

@@ -107,10 +107,6 @@ class Observations:
         """(n_frames, n_refl)."""
         return self.mask.shape
 
-    def select_frames(self, rows) -> Observations:
-        """The observations of a subset of frames (rows: indices, a slice or a boolean mask over n_frames)."""
-        return jax.tree_util.tree_map(lambda a: a[rows], self)
-
 
 def _safe_sqrt(x: jax.Array) -> jax.Array:
     """√x for x > 0, else 0; the derivative is 0 (not inf/NaN) wherever x ≤ 0 (double-where)."""

@@ -34,15 +34,13 @@ from jaxed.physics.bloch import potential_table
 from jaxed.model.experiment import (Experiment, intensities_from_table, reselect_sample_beams, take_frames,
                               tilt_matrices)
 from jaxed.physics.geometry import rotation_x, rotation_y, rotation_z
+from jaxed.settings import schema
 
-__all__ = ["select_frames", "with_corrections", "frame_losses", "hexagonal_scan", "about_beam_scan", "nelder_mead",
+#: the initial simplex step of :func:`nelder_mead` [deg]: the schema's ``nm_step`` (jaxed.settings)
+_NM_STEP_DEG = schema("refine")["nm_step"].default
+
+__all__ = ["with_corrections", "frame_losses", "hexagonal_scan", "about_beam_scan", "nelder_mead",
            "gradient_tilts", "misorientation_deg"]
-
-
-def select_frames(experiment: Experiment, idx) -> Experiment:
-    """The frames ``idx`` of an experiment (host indices), with their frame ids."""
-    idx = np.atleast_1d(np.asarray(idx))
-    return dataclasses.replace(take_frames(experiment, idx), frame_ids=tuple(experiment.frame_ids[i] for i in idx))
 
 
 def with_corrections(experiment: Experiment, corrections: np.ndarray) -> Experiment:
@@ -185,7 +183,7 @@ def about_beam_scan(model, params, *, grid_deg: float = 1.0, max_about_beam_deg:
     return with_corrections(exp, corr), info
 
 
-def nelder_mead(model, params, *, initial_step_deg: float = 0.1, xatol_deg: float = 0.002, maxfev: int = 200,
+def nelder_mead(model, params, *, initial_step_deg: float = _NM_STEP_DEG, xatol_deg: float = 0.002, maxfev: int = 200,
                 max_about_beam_deg: float | None = None, frames=None, log=None) -> tuple[Experiment, dict]:
     """Three-angle Nelder–Mead per frame (R_z(ω)R_y(β)R_x(α)); returns (corrected experiment, info).
 
@@ -202,7 +200,7 @@ def nelder_mead(model, params, *, initial_step_deg: float = 0.1, xatol_deg: floa
     corr = np.tile(np.eye(3), (exp.n_frames, 1, 1))
     start, end, fevals = [], [], 0
     for i in (range(exp.n_frames) if frames is None else (int(f) for f in frames)):
-        one = dataclasses.replace(select_frames(exp, [i]), frame_ids=(0,))  # same static data: one compilation
+        one = dataclasses.replace(take_frames(exp, [i]), frame_ids=(0,))  # same static data: one compilation
         t_i = jnp.asarray(thickness[i : i + 1])
 
         def rotation(angles):

@@ -146,7 +146,7 @@ def make_loss_and_intensities(model: Model, obs: objective.Observations, config)
         if key is not None and stochastic_frames:
             key, sub = jax.random.split(key)
             idx = jax.random.choice(sub, exp.n_frames, (config.minibatch,), replace=False)
-            exp, o = take_frames(exp, idx), o.select_frames(idx)
+            exp, o = take_frames(exp, idx), take_frames(o, idx)
             tilts = None if tilts is None else tilts[idx]
         theta = jnp.asarray(exp.theta)
         if key is not None and config.thickness_samples > 1:
