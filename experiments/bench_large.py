@@ -47,7 +47,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from jaxed.data.pets import read_pets  # noqa: E402
 from jaxed.model.batching import blas_threads  # noqa: E402
 from jaxed.model.experiment import (ExperimentSettings, frame_orientations, integrated_intensities,  # noqa: E402

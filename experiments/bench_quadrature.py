@@ -29,7 +29,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from jaxed.refine import objective  # noqa: E402
 from jaxed.physics.bloch import BlochSettings  # noqa: E402
 from jaxed.physics.crystal import load_structure  # noqa: E402

@@ -53,7 +53,6 @@ jax.config.update("jax_platforms", "cpu")
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 from jaxed.physics.bloch import BlochSettings  # noqa: E402
 from jaxed.physics.crystal import load_structure  # noqa: E402
 from jaxed.model.distributed import frame_mesh, replicate, shard_experiment  # noqa: E402

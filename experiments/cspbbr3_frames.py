@@ -57,7 +57,6 @@ jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import RESULTS, SAMPLES, SHARED, fold_tilts, folded_report  # noqa: E402
 
 from jaxed.refine import metrics, objective  # noqa: E402

@@ -24,7 +24,6 @@ jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend
 import numpy as np  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quartz_parity import reference_orientations  # noqa: E402
 from table2 import SAMPLES, SHARED  # noqa: E402
 

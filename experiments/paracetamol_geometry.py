@@ -28,7 +28,6 @@ import jaxed
 jax.config.update("jax_enable_x64", True)
 jaxed.configure_cpu()  # CPU thread settings (docs/SPEED.md), before the backend starts
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table2 import SHARED, SAMPLES  # noqa: E402
 
 from jaxed.model.experiment import ExperimentSettings  # noqa: E402

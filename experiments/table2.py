@@ -19,6 +19,7 @@ Examples:
     python experiments/table2.py --sample cspbbr3 --g-max 1.2 --g-max-refine 1.0 --samples 15
     python experiments/table2.py --summary
     python experiments/table2.py --folded TAG   # a recorded run rebuilt; its joint tilts as refined vs folded in
+    python experiments/table2.py --check-record TAG  # a recorded run rebuilt; its R factors vs the record (1e-5)
 """
 from __future__ import annotations
 
@@ -195,6 +196,21 @@ def rebuild(tag: str):
     exp = reselect_sample_beams(dataclasses.replace(exp, base_orientation=orients), crystal)
     problem = Refinement(crystal, atoms, exp, bloch, _config(args, record["single_thickness_A"]))
     return problem, load_params(saved, problem.params0), record
+
+
+def check_record(tag: str, tol: float = 1e-5) -> None:
+    """A recorded run rebuilt (:func:`rebuild`) against its JSON's final R factors: prints each and the largest
+    absolute difference; exits 1 when it exceeds ``tol``."""
+    problem, params, record = rebuild(tag)
+    now = problem.summary(params)
+    worst = 0.0
+    for k, want in record["final"].items():
+        got = float(now[k])
+        worst = max(worst, abs(got - want))
+        print(f"  {k:20s} recorded {want:.8f}  rebuilt {got:.8f}  Δ {got - want:+.1e}")
+    print(f"{tag}: largest |Δ| {worst:.1e} ({'PASS' if worst <= tol else 'FAIL'} at {tol:g})")
+    if worst > tol:
+        raise SystemExit(1)
 
 
 def fold_tilts(problem: Refinement, params: dict, frames=None):
@@ -500,6 +516,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-every", type=int, default=20, help="print the loss every this many epochs")
     ap.add_argument("--tag")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--check-record", metavar="TAG",
+                    help="rebuild a recorded run from its JSON command line and kept parameters and compare its R "
+                         "factors with the recorded final ones (exit 1 beyond 1e-5)")
     ap.add_argument("--folded", metavar="TAG",
                     help="a recorded run with joint tilts (its JSON and _params.npz): its model as refined (tilts on "
                          "the beams chosen before them) vs the tilts folded into the orientations with the beams "
@@ -518,6 +537,8 @@ def main() -> None:
         ap.error(f"--log-every {args.log_every}: expected a whole number of epochs ≥ 1")
     if args.summary:
         summary()
+    elif args.check_record:
+        check_record(args.check_record)
     elif args.folded:
         problem, params, _ = rebuild(args.folded)
         if "orientation" not in params:
