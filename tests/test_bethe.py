@@ -13,7 +13,7 @@ from conftest import ROOT, directional_fd
 from jaxed.physics.bethe import BetheSettings, bethe_intensities, partition_beams, select_bethe_beams
 from jaxed.physics.bloch import BlochSettings, beam_geometry, frame_wavefunction, potential_table, structure_matrix
 from jaxed.physics.crystal import AtomParams, load_structure
-from jaxed.physics.geometry import excitation_errors, make_beam_set, rotation_x, select_beams, zone_axis_rotation
+from jaxed.physics.geometry import excitation_errors, make_beam_set, rotation_x, rotation_x_jax, select_beams, zone_axis_rotation
 
 SIMPLE = ROOT / "jaxed" / "data" / "simple_crystals.cif"
 GENERAL_AXIS = [1.0, 0.13, 2.4]
@@ -185,7 +185,7 @@ def test_gradients_by_finite_differences(uvw):
     def f(frac, u_star, t, tilt):
         a = AtomParams(frac, u_star, atoms.occupancy)
         u = potential_table(a, crystal, beams, settings)
-        r = rotation_x(tilt[0]) @ jnp.asarray(rot)
+        r = rotation_x_jax(tilt[0]) @ jnp.asarray(rot)
         i = bethe_intensities(u, beams.hkl[0], beams.mask[0], beams.coupling[0], *sets, r, t, recip, settings, bethe)
         return jnp.sum(i * weights[None, :])
 
