@@ -168,10 +168,9 @@ def propagate_eigh(b: jax.Array, tau: jax.Array) -> jax.Array:
     return (jnp.exp(1j * tau[:, None] * lam[None, :]) * alpha[None, :]) @ c.T
 
 
-@propagate_eigh.defjvp
-def _propagate_eigh_jvp(primals, tangents):
-    b, tau = primals
-    db, dtau = tangents
+def _eigh_propagation_jvp(b, tau, db, dtau):
+    """ψ = exp(iτB) e₀ and its tangent by the Daleckii–Krein rule (PHYSICS.md §4.7), with the pieces the weak-beam
+    rule reuses: (ψ (n_t, n), dψ (n_t, n), λ (n,), C (n, n), α = Cᴴ e₀ (n,), W = Cᴴ dB C (n, n))."""
     lam, c = jnp.linalg.eigh(b)
     alpha = jnp.conj(c[0, :])
     phase = jnp.exp(1j * tau[:, None] * lam[None, :])
@@ -179,8 +178,15 @@ def _propagate_eigh_jvp(primals, tangents):
     # eigh reads only the Hermitian part of its input; differentiate the same function.
     db = 0.5 * (db + jnp.conj(db.T))
     w = jnp.conj(c.T) @ db @ c  # Cᴴ dB C
-    dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)  # Daleckii–Krein (PHYSICS.md §4.7)
+    dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)
     dpsi = dpsi + 1j * dtau[:, None] * ((phase * (lam * alpha)[None, :]) @ c.T)
+    return psi, dpsi, lam, c, alpha, w
+
+
+@propagate_eigh.defjvp
+def _propagate_eigh_jvp(primals, tangents):
+    (b, tau), (db, dtau) = primals, tangents
+    psi, dpsi = _eigh_propagation_jvp(b, tau, db, dtau)[:2]
     return psi, dpsi
 
 
@@ -222,14 +228,7 @@ def propagate_eigh_weak(b: jax.Array, b_ws: jax.Array, b_w: jax.Array, tau: jax.
 def _propagate_eigh_weak_jvp(primals, tangents):
     b, b_ws, b_w, tau = primals
     db, db_ws, db_w, dtau = tangents
-    lam, c = jnp.linalg.eigh(b)
-    alpha = jnp.conj(c[0, :])
-    phase = jnp.exp(1j * tau[:, None] * lam[None, :])
-    psi = (phase * alpha[None, :]) @ c.T
-    db = 0.5 * (db + jnp.conj(db.T))
-    w = jnp.conj(c.T) @ db @ c  # Cᴴ dB C
-    dpsi = jnp.einsum("gj,tjk,k->tg", c, w[None] * _divided_exp(lam, tau), alpha)  # Daleckii–Krein
-    dpsi = dpsi + 1j * dtau[:, None] * ((phase * (lam * alpha)[None, :]) @ c.T)
+    psi, dpsi, lam, c, alpha, w = _eigh_propagation_jvp(b, tau, db, dtau)  # strong beams: Daleckii–Krein
     # weak beams: eigenvector derivative with a broadened inverse gap (as _eigh_broadened)
     gap = lam[None, :] - lam[:, None]  # λ_k − λ_j
     eps = 1e-8 * (1.0 + jnp.max(jnp.abs(lam)))
