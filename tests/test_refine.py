@@ -152,7 +152,8 @@ def test_keep_best_returns_the_lowest_loss_met_and_survives_a_resume(demo, tmp_p
     run_refinement(half, tmp_path / "split", progress=False)
     resumed, _ = run_refinement(problem, tmp_path / "split", resume=True, progress=False)
     for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(kept)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
+        # absolute part 1e-12 of the leaf norm: entries near zero differ at rounding level, a real difference is O(norm)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12 * np.linalg.norm(np.asarray(b)))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
@@ -176,9 +177,11 @@ def test_step_compiles_once_and_resume_equals_uninterrupted(demo, tmp_path, opti
     assert counts == sorted(counts) and all(b - a >= 1 for a, b in zip(counts, counts[1:]))
     assert counts[-1] == 4 if optimizer == "adam" else counts[-1] >= 5
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-14)
+        # absolute part 1e-12 of the leaf norm: entries near zero differ at rounding level, a real difference is O(norm)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12 * np.linalg.norm(np.asarray(b)))
 
 
+@pytest.mark.slow  # an optimiser comparison (≈ 20–40 s on 2 cores): python -m pytest -m slow
 def test_lbfgs_in_rate_units_descends_further_with_fewer_evaluations(demo):
     # L-BFGS on tilts [rad], log-thickness and coordinates [Å] at once. In the raw parameters (lbfgs_metric
     # 'identity', optax as it is) its first trial step has unit length and the line search spends ~9 loss + gradient
