@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxed.data.pets import frame_rotation
 from jaxed.errors import JaxedInputError
-from jaxed.settings import field_default
+from jaxed.settings import field_default, setting_of_field
 from jaxed.physics.bloch import BlochSettings
 from jaxed.physics.constants import energy_from_wavelength
 from jaxed.physics.crystal import Crystal
@@ -95,8 +95,8 @@ def uses_precession(settings: ExperimentSettings, data) -> bool:
     return "precession" in str(getattr(data, "geometry", "")).lower()
 
 
-QUADRATURES = ("midpoint", "gauss")
-BEAM_SELECTIONS = ("frame", "sample")
+QUADRATURES = setting_of_field("ExperimentSettings.quadrature").choices  # from jaxed.settings
+BEAM_SELECTIONS = setting_of_field("ExperimentSettings.beam_selection").choices
 
 
 @partial(jax.tree_util.register_dataclass,

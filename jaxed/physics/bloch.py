@@ -40,7 +40,7 @@ from jaxed.physics.constants import relativistic_gamma, wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.physics.geometry import BeamSet, excitation_errors
 from jaxed.physics.potential import potential_coefficients
-from jaxed.settings import field_default
+from jaxed.settings import field_default, setting_of_field
 
 __all__ = [
     "BlochSettings",
@@ -57,8 +57,8 @@ __all__ = [
     "centric_at_origin",
 ]
 
-PROPAGATORS = ("eigh", "expm")
-ABSORPTION_METHODS = ("perturbative", "exact")
+PROPAGATORS = setting_of_field("BlochSettings.propagator").choices  # ("eigh", "expm"), from jaxed.settings
+ABSORPTION_METHODS = setting_of_field("BlochSettings.absorption_method").choices
 
 
 @dataclasses.dataclass(frozen=True)

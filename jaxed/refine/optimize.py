@@ -30,12 +30,12 @@ from jaxed.refine.checkpoints import (RefinementDiverged, has_checkpoint, load_b
 from jaxed.refine.lsq import run_least_squares
 from jaxed.refine.problem import make_loss, make_loss_and_intensities, make_model, make_observations
 from jaxed.refine.step import StepState, init_state, lbfgs_units, make_optimizer, make_step
-from jaxed.settings import field_default
+from jaxed.settings import field_default, setting_of_field
 
 __all__ = ["RefineConfig", "Refinement", "RefinementDiverged", "run_refinement", "load_params", "save_params"]
 
 
-OPTIMIZERS = ("adam", "lbfgs", "gn", "lm", "hybrid")
+OPTIMIZERS = setting_of_field("RefineConfig.optimizer").choices  # from jaxed.settings
 
 
 @dataclasses.dataclass(frozen=True)
