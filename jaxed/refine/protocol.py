@@ -37,6 +37,7 @@ from jaxed.physics.bloch import BlochSettings, centric_at_origin, potential_tabl
 from jaxed.physics.constants import energy_from_wavelength
 from jaxed.physics.crystal import AtomParams, Crystal
 from jaxed.refine import objective
+from jaxed.settings import field_default
 
 __all__ = ["Choice", "Inspection", "ThicknessScan", "FirstStages", "choices_table", "probe_frames",
            "resolution_shells", "refinement_resolution", "matrix_resolution", "frame_step_deg", "r_sg_cut",
@@ -51,8 +52,8 @@ MIN_MEAN_I_OVER_SIGMA = 2.0
 MIN_SHELL_COUNT = 10
 #: The Bloch matrix reaches at least this far beyond the refined reflections [Å⁻¹].
 MATRIX_MARGIN = 0.2
-#: |s_g| cut of the beams of a Bloch matrix [Å⁻¹] (literature default, docs/PHYSICS.md §5.1).
-SG_MAX = 0.01
+#: |s_g| cut of the beams of a Bloch matrix [Å⁻¹]: the settings schema's default (docs/PHYSICS.md §5.1).
+SG_MAX = field_default("ExperimentSettings.sg_max")
 #: The R_Sg cut is clipped into this range (below 0.4 few reflections per frame are left; above 1 the Bragg
 #: condition is not crossed within the frame).
 R_SG_RANGE = (0.4, 1.0)
